@@ -1,0 +1,13 @@
+"""HLGFA (High-Low resolution Guided Feature Alignment) anomaly detection for anomalib.
+
+Importing this package registers :class:`Hlgfa` with anomalib, so that
+``anomalib.models.get_model("hlgfa")`` and the CLI's ``--model Hlgfa`` find it. Once the package is
+installed, the CLI finds it without an import: see ``anomalib_hlgfa_autoload``.
+"""
+
+from .anomaly_map import AnomalyMapGenerator, ScoreReduction
+from .lightning_model import Hlgfa
+from .loss import AlignmentLoss
+from .torch_model import HlgfaModel
+
+__all__ = ["AlignmentLoss", "AnomalyMapGenerator", "Hlgfa", "HlgfaModel", "ScoreReduction"]

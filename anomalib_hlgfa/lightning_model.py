@@ -1,0 +1,210 @@
+"""HLGFA as an anomalib model: High-Low resolution Guided Feature Alignment.
+
+HLGFA learns, from defect-free images only, to predict an image's high-resolution backbone features
+from its low-resolution ones, guided by compact structure and detail priors from the high-resolution
+view. Where the prediction and the high-resolution features disagree, there is an anomaly.
+
+Example:
+    >>> from anomalib.data import MVTecAD
+    >>> from anomalib.engine import Engine
+    >>> from anomalib_hlgfa import Hlgfa
+    >>> engine = Engine()
+    >>> engine.train(model=Hlgfa(), datamodule=MVTecAD(root="datasets/MVTecAD", category="bottle"))
+
+    From the command line, once the package is installed::
+
+        anomalib train --model Hlgfa --data anomalib.data.MVTecAD --data.category bottle
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import timm
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import optim
+from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+from .anomaly_map import ScoreReduction
+from .loss import AlignmentLoss
+from .torch_model import DEFAULT_BACKBONE, DEFAULT_LAYERS, HlgfaModel
+
+
+class Hlgfa(AnomalibModule):
+    """HLGFA Lightning module.
+
+    Args:
+        backbone (str): timm CNN whose frozen features are aligned. The default,
+            ``"tf_efficientnet_lite0"``, loads ImageNet weights offline; other names download from the
+            model hub. Defaults to ``"tf_efficientnet_lite0"``.
+        layers (Sequence[str]): Backbone levels to align. Defaults to ``("blocks.2", "blocks.4")``.
+        pre_trained (bool): Use ImageNet weights; ``False`` only for tests. Defaults to ``True``.
+        downsample_factor (int): Integer factor between the input and its low-resolution view.
+            Defaults to ``2``.
+        hidden_channels (int): Width of each per-level refinement head. Defaults to ``64``.
+        prior_channels (int): Channels of each structure and detail prior. Defaults to ``8``.
+        structure_window (int): Low-pass window, in feature cells, splitting structure from detail.
+            Defaults to ``4``.
+        anomaly_map_sigma (float): Gaussian smoothing of the anomaly map, in pixels. Defaults to ``4``.
+        score_reduction (ScoreReduction | str): Image score from the map: ``"max"`` or ``"topk_mean"``.
+            Defaults to ``"max"``.
+        topk_ratio (float): Fraction of pixels averaged by ``"topk_mean"``. Defaults to ``0.01``.
+        learning_rate (float): AdamW learning rate. Defaults to ``1e-3``.
+        weight_decay (float): AdamW weight decay. Defaults to ``1e-4``.
+        max_epochs (int | None): Training epochs; it sets the trainer's ``max_epochs``, and validation
+            (which fits the post-processor's thresholds) runs once, after the last epoch. ``None`` leaves
+            both to the trainer's own arguments. Defaults to ``30``.
+        image_size (tuple[int, int]): Height and width of the default pre-processor's resize.
+            Defaults to ``(256, 256)``.
+        pre_processor (PreProcessor | bool): Pre-processor, or ``True`` for the default: resize to
+            ``image_size`` and the backbone's own normalisation. Defaults to ``True``.
+        post_processor (PostProcessor | bool): Post-processor or flag. Defaults to ``True``.
+        evaluator (Evaluator | bool): Evaluator or flag; the default computes image AUROC and F1,
+            pixel AUROC, F1 and AUPRO. Defaults to ``True``.
+        visualizer (Visualizer | bool): Visualizer or flag. Defaults to ``True``.
+    """
+
+    @classmethod
+    def checkpoint_safe_globals(cls) -> Sequence[Any]:
+        """Allowlist ``ScoreReduction`` for ``weights_only`` checkpoint loads."""
+        return (ScoreReduction,)
+
+    def __init__(
+        self,
+        backbone: str = DEFAULT_BACKBONE,
+        layers: Sequence[str] = DEFAULT_LAYERS,
+        pre_trained: bool = True,
+        downsample_factor: int = 2,
+        hidden_channels: int = 64,
+        prior_channels: int = 8,
+        structure_window: int = 4,
+        anomaly_map_sigma: float = 4.0,
+        score_reduction: ScoreReduction | str = ScoreReduction.MAX,
+        topk_ratio: float = 0.01,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 1e-4,
+        max_epochs: int | None = 30,
+        image_size: tuple[int, int] = (256, 256),
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs < 1):
+            msg = f"max_epochs must be a positive integer or None (use the trainer's), got {max_epochs!r}."
+            raise ValueError(msg)
+        if pre_processor is True:
+            pre_processor = self.configure_pre_processor(image_size=tuple(image_size), backbone=backbone)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.model = HlgfaModel(
+            backbone=backbone,
+            layers=layers,
+            pre_trained=pre_trained,
+            downsample_factor=downsample_factor,
+            hidden_channels=hidden_channels,
+            prior_channels=prior_channels,
+            structure_window=structure_window,
+            anomaly_map_sigma=anomaly_map_sigma,
+            score_reduction=score_reduction,
+            topk_ratio=topk_ratio,
+        )
+        self.loss = AlignmentLoss()
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.max_epochs = max_epochs
+
+    @classmethod
+    def configure_pre_processor(
+        cls,
+        image_size: tuple[int, int] | None = None,
+        backbone: str = DEFAULT_BACKBONE,
+    ) -> PreProcessor:
+        """Resize, then normalise with the backbone's own statistics.
+
+        ``tf_efficientnet_lite0`` was trained on inputs scaled to ``[-1, 1]`` (mean and std 0.5), not
+        with the ImageNet mean and std, so the statistics come from the backbone's timm config.
+
+        Args:
+            image_size (tuple[int, int] | None): Height and width. Defaults to ``(256, 256)``.
+            backbone (str): timm backbone name. Defaults to ``"tf_efficientnet_lite0"``.
+
+        Returns:
+            PreProcessor: The pre-processor.
+        """
+        config = timm.get_pretrained_cfg(backbone)
+        mean, std = (config.mean, config.std) if config is not None else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        return PreProcessor(
+            transform=Compose([Resize(image_size or (256, 256), antialias=True), Normalize(mean=mean, std=std)]),
+        )
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Image AUROC and F1; pixel AUROC, F1 and AUPRO, on the test set."""
+        return Evaluator(
+            test_metrics=[
+                AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+                F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+                AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+                F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
+                AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            ],
+        )
+
+    def configure_optimizers(self) -> optim.Optimizer:
+        """AdamW over the refinement heads: the backbone is frozen and gets no parameter updates."""
+        return optim.AdamW(self.model.heads.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Align refined low-resolution features with high-resolution features of normal images.
+
+        Args:
+            batch (Batch): Normal training images ``(B, 3, H, W)``.
+            args: Unused.
+            kwargs: Unused.
+
+        Returns:
+            STEP_OUTPUT: The alignment loss.
+        """
+        del args, kwargs  # These variables are not used.
+        loss = self.loss(*self.model(batch.image))
+        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True)
+        return {"loss": loss}
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Predict anomaly maps and scores for the post-processor's thresholds and normalisation.
+
+        Args:
+            batch (Batch): Validation images.
+            args: Unused.
+            kwargs: Unused.
+
+        Returns:
+            STEP_OUTPUT: The batch with ``pred_score`` and ``anomaly_map``.
+        """
+        del args, kwargs  # These variables are not used.
+        predictions = self.model(batch.image)
+        return batch.update(**predictions._asdict())
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """No gradient clipping or sanity validation; ``max_epochs`` epochs, validated after the last."""
+        arguments: dict[str, Any] = {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
+        if self.max_epochs is not None:
+            arguments |= {"max_epochs": self.max_epochs, "check_val_every_n_epoch": self.max_epochs}
+        return arguments
+
+    @property
+    def learning_type(self) -> LearningType:
+        """HLGFA trains on normal images only."""
+        return LearningType.ONE_CLASS

@@ -1,0 +1,229 @@
+"""PyTorch model of HLGFA: High-Low resolution Guided Feature Alignment.
+
+The model learns, from normal images only, to predict the high-resolution features of an image from
+the features of its low-resolution view, guided by compact priors taken from the high-resolution
+features. Where prediction and reality disagree, there is an anomaly.
+
+Forward pass, all inside the model so that an exported graph carries it:
+
+1. The low-resolution view is made by area (box-filter) downsampling by ``downsample_factor``, which
+   antialiases.
+2. One frozen backbone extracts multi-level features from both views.
+3. Per level, the high-resolution features are split into a structure prior (low-pass) and a detail
+   prior (high-pass residue), each projected to a few channels so that they cannot carry the
+   high-resolution features themselves (no identity shortcut).
+4. The low-resolution features, upsampled to the high-resolution grid, are normalised and modulated
+   by scale and shift maps predicted from the structure prior (SPADE-style).
+5. A gate driven by the detail prior decides where a residual correction is added.
+6. A 1x1 projection gives the prediction of the high-resolution features. Training aligns it with
+   them; at inference the per-level misalignment gives the anomaly map and image score.
+
+Example:
+    >>> model = HlgfaModel(pre_trained=False).eval()
+    >>> output = model(torch.rand(2, 3, 256, 256))
+    >>> output.anomaly_map.shape, output.pred_score.shape
+    (torch.Size([2, 1, 256, 256]), torch.Size([2]))
+"""
+
+from collections.abc import Sequence
+
+import torch
+from anomalib.data import InferenceBatch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+from .anomaly_map import AnomalyMapGenerator, ScoreReduction
+from .backbone import create_feature_extractor
+
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+DEFAULT_LAYERS = ("blocks.2", "blocks.4")
+
+
+def low_pass(features: torch.Tensor, window: int) -> torch.Tensor:
+    """Keep the low spatial frequencies: average over ``window`` x ``window`` cells, upsample back.
+
+    Args:
+        features (torch.Tensor): Feature map ``(B, C, h, w)``.
+        window (int): Side of the averaging window, in feature cells.
+
+    Returns:
+        torch.Tensor: Smooth feature map ``(B, C, h, w)``.
+    """
+    pooled = F.avg_pool2d(features, kernel_size=window, stride=window, ceil_mode=True)
+    return F.interpolate(pooled, size=features.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class PriorDecomposition(nn.Module):
+    """Split high-resolution features into compressed structure and detail priors.
+
+    Args:
+        channels (int): Channels of the high-resolution feature level.
+        prior_channels (int): Channels of each prior; few, so the priors guide but cannot copy.
+        structure_window (int): Low-pass window in feature cells; larger means a coarser structure prior.
+    """
+
+    def __init__(self, channels: int, prior_channels: int, structure_window: int) -> None:
+        super().__init__()
+        self.structure_window = structure_window
+        self.structure_projection = nn.Conv2d(channels, prior_channels, kernel_size=1)
+        self.detail_projection = nn.Conv2d(channels, prior_channels, kernel_size=1)
+
+    def forward(self, high_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compute the priors.
+
+        The 1x1 projections are linear, so projecting before the low-pass gives the same priors as
+        projecting after it, at a fraction of the cost.
+
+        Args:
+            high_features (torch.Tensor): High-resolution features ``(B, C, h, w)``.
+
+        Returns:
+            tuple[torch.Tensor, torch.Tensor]: Structure and detail priors, each ``(B, P, h, w)``.
+        """
+        structure = low_pass(self.structure_projection(high_features), self.structure_window)
+        detail = self.detail_projection(high_features)
+        detail = detail - low_pass(detail, self.structure_window)
+        return structure, detail
+
+
+class RefinementHead(nn.Module):
+    """Refine upsampled low-resolution features into a prediction of the high-resolution ones.
+
+    Args:
+        channels (int): Channels of the feature level (input and output).
+        hidden_channels (int): Width of the head.
+        prior_channels (int): Channels of the structure and detail priors.
+        structure_window (int): Low-pass window of the prior decomposition, in feature cells.
+    """
+
+    def __init__(self, channels: int, hidden_channels: int, prior_channels: int, structure_window: int) -> None:
+        super().__init__()
+        self.priors = PriorDecomposition(channels, prior_channels, structure_window)
+        self.input_projection = nn.Conv2d(channels, hidden_channels, kernel_size=1)
+        self.norm = nn.InstanceNorm2d(hidden_channels, affine=False)
+        self.modulation = nn.Conv2d(prior_channels, 2 * hidden_channels, kernel_size=3, padding=1)
+        self.gate = nn.Conv2d(prior_channels, hidden_channels, kernel_size=3, padding=1)
+        self.residual = nn.Sequential(
+            nn.Conv2d(hidden_channels, hidden_channels, kernel_size=3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(hidden_channels, hidden_channels, kernel_size=3, padding=1),
+        )
+        self.output_projection = nn.Conv2d(hidden_channels, channels, kernel_size=1)
+        # Start from an unmodulated, ungated head: the priors' influence is learned from zero.
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, low_features: torch.Tensor, high_features: torch.Tensor) -> torch.Tensor:
+        """Predict the high-resolution features.
+
+        Args:
+            low_features (torch.Tensor): Low-resolution features on the high-resolution grid ``(B, C, h, w)``.
+            high_features (torch.Tensor): High-resolution features ``(B, C, h, w)``, seen only through the priors.
+
+        Returns:
+            torch.Tensor: Predicted high-resolution features ``(B, C, h, w)``.
+        """
+        structure, detail = self.priors(high_features)
+        scale, shift = self.modulation(structure).chunk(2, dim=1)
+        modulated = self.norm(self.input_projection(low_features)) * (1 + scale) + shift
+        refined = modulated + torch.sigmoid(self.gate(detail)) * self.residual(modulated)
+        return self.output_projection(refined)
+
+
+class HlgfaModel(nn.Module):
+    """HLGFA: a frozen backbone on two views and per-level refinement heads.
+
+    Args:
+        backbone (str): timm CNN name. Defaults to ``"tf_efficientnet_lite0"``, whose ImageNet weights
+            load offline.
+        layers (Sequence[str]): Backbone feature levels to align. Defaults to ``("blocks.2", "blocks.4")``.
+        pre_trained (bool): Load ImageNet weights into the backbone. Defaults to ``True``.
+        downsample_factor (int): Integer factor between the input and its low-resolution view.
+            Defaults to ``2``.
+        hidden_channels (int): Width of each refinement head. Defaults to ``64``.
+        prior_channels (int): Channels of each structure and detail prior. Defaults to ``8``.
+        structure_window (int): Low-pass window, in feature cells, splitting structure from detail.
+            Defaults to ``4``.
+        anomaly_map_sigma (float): Gaussian smoothing of the anomaly map, in input pixels. Defaults to ``4``.
+        score_reduction (ScoreReduction | str): ``"max"`` or ``"topk_mean"`` of the map. Defaults to ``"max"``.
+        topk_ratio (float): Fraction of pixels averaged by ``"topk_mean"``. Defaults to ``0.01``.
+    """
+
+    def __init__(
+        self,
+        backbone: str = DEFAULT_BACKBONE,
+        layers: Sequence[str] = DEFAULT_LAYERS,
+        pre_trained: bool = True,
+        downsample_factor: int = 2,
+        hidden_channels: int = 64,
+        prior_channels: int = 8,
+        structure_window: int = 4,
+        anomaly_map_sigma: float = 4.0,
+        score_reduction: ScoreReduction | str = ScoreReduction.MAX,
+        topk_ratio: float = 0.01,
+    ) -> None:
+        super().__init__()
+        for name, value, minimum in (
+            ("downsample_factor", downsample_factor, 2),
+            ("hidden_channels", hidden_channels, 1),
+            ("prior_channels", prior_channels, 1),
+            ("structure_window", structure_window, 1),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                msg = f"{name} must be an integer >= {minimum}, got {value!r}."
+                raise ValueError(msg)
+        self.downsample_factor = downsample_factor
+        self.feature_extractor = create_feature_extractor(backbone, layers, pre_trained=pre_trained)
+        self.heads = nn.ModuleList(
+            RefinementHead(channels, hidden_channels, prior_channels, structure_window)
+            for channels in self.feature_extractor.out_dims
+        )
+        self.anomaly_map_generator = AnomalyMapGenerator(
+            sigma=anomaly_map_sigma,
+            score_reduction=score_reduction,
+            topk_ratio=topk_ratio,
+        )
+
+    def low_resolution_view(self, images: torch.Tensor) -> torch.Tensor:
+        """Downsample ``(B, 3, H, W)`` images by area averaging to ``(B, 3, ceil(H / f), ceil(W / f))``."""
+        factor = self.downsample_factor
+        return F.avg_pool2d(images, kernel_size=factor, stride=factor, ceil_mode=True)
+
+    def align(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Extract both views' features and predict the high-resolution ones from the low-resolution ones.
+
+        Args:
+            images (torch.Tensor): Normalised images ``(B, 3, H, W)``.
+
+        Returns:
+            tuple[list[torch.Tensor], list[torch.Tensor]]: Per level, the predictions and the
+            high-resolution features, each ``(B, C_l, h_l, w_l)``.
+        """
+        high = list(self.feature_extractor(images).values())
+        low = list(self.feature_extractor(self.low_resolution_view(images)).values())
+        predictions = []
+        for head, high_features, low_features in zip(self.heads, high, low, strict=True):
+            low_on_high_grid = F.interpolate(
+                low_features,
+                size=high_features.shape[-2:],
+                mode="bilinear",
+                align_corners=False,
+            )
+            predictions.append(head(low_on_high_grid, high_features))
+        return predictions, high
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
+        """Run the model.
+
+        Args:
+            images (torch.Tensor): Normalised images ``(B, 3, H, W)``.
+
+        Returns:
+            In training mode, per-level predictions and targets for the loss. In eval mode an
+            ``InferenceBatch`` with ``pred_score`` ``(B,)`` and ``anomaly_map`` ``(B, 1, H, W)``.
+        """
+        predictions, targets = self.align(images)
+        if self.training:
+            return predictions, targets
+        anomaly_map, pred_score = self.anomaly_map_generator(predictions, targets, images.shape[-2:])
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
