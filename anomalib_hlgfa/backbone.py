@@ -128,4 +128,5 @@ def create_feature_extractor(backbone: str, layers: Sequence[str], pre_trained: 
         extractor.feature_extractor.load_state_dict({key: full[key] for key in wanted}, strict=True)
     # Frozen: no parameter ever receives a gradient, whatever the caller does with the outputs.
     extractor.requires_grad_(False)
-    return extractor
+    # Depthwise convolutions run about twice as fast channels-last on CPU (measured on lite0).
+    return extractor.to(memory_format=torch.channels_last)

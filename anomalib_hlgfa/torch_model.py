@@ -199,6 +199,7 @@ class HlgfaModel(nn.Module):
             tuple[list[torch.Tensor], list[torch.Tensor]]: Per level, the predictions and the
             high-resolution features, each ``(B, C_l, h_l, w_l)``.
         """
+        images = images.contiguous(memory_format=torch.channels_last)  # matches the backbone's layout
         high = list(self.feature_extractor(images).values())
         low = list(self.feature_extractor(self.low_resolution_view(images)).values())
         predictions = []
