@@ -178,7 +178,7 @@ class Hlgfa(AnomalibModule):
         """
         del args, kwargs  # These variables are not used.
         loss = self.loss(*self.model(batch.image))
-        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True)
+        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
         return {"loss": loss}
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:

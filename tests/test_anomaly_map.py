@@ -1,0 +1,63 @@
+"""Anomaly map, image score and alignment loss on hand-made features."""
+
+import pytest
+import torch
+
+from anomalib_hlgfa import AlignmentLoss, AnomalyMapGenerator
+
+
+def _features_with_one_mismatch(row: int, col: int) -> tuple[torch.Tensor, torch.Tensor]:
+    target = torch.ones(1, 4, 8, 8)
+    prediction = target.clone()
+    prediction[0, :, row, col] = -1  # opposite direction: cosine distance 2 at this cell only
+    return prediction, target
+
+
+def test_map_peaks_at_the_misaligned_cell_and_has_input_size() -> None:
+    prediction, target = _features_with_one_mismatch(row=2, col=5)
+    anomaly_map, score = AnomalyMapGenerator(sigma=2)([prediction], [target], (64, 64))
+    assert anomaly_map.shape == (1, 1, 64, 64)
+    peak_row, peak_col = divmod(int(anomaly_map.flatten().argmax()), 64)
+    # Cell (2, 5) of an 8 x 8 grid covers pixels rows 16-23, columns 40-47.
+    assert 16 <= peak_row <= 23
+    assert 40 <= peak_col <= 47
+    assert score.item() == pytest.approx(anomaly_map.max().item())
+
+
+def test_aligned_features_give_a_zero_map() -> None:
+    target = torch.randn(2, 4, 8, 8)
+    anomaly_map, score = AnomalyMapGenerator()([target], [target], (32, 32))
+    assert anomaly_map.abs().max() < 1e-5
+    assert score.abs().max() < 1e-5
+
+
+def test_levels_are_averaged() -> None:
+    prediction, target = _features_with_one_mismatch(row=0, col=0)
+    single, _ = AnomalyMapGenerator(sigma=0)([prediction], [target], (8, 8))
+    pair, _ = AnomalyMapGenerator(sigma=0)([prediction, target], [target, target], (8, 8))
+    assert torch.allclose(pair, single / 2, atol=1e-6)
+
+
+def test_topk_mean_score() -> None:
+    anomaly_map = torch.arange(100.0).reshape(1, 1, 10, 10)
+    assert AnomalyMapGenerator(score_reduction="topk_mean", topk_ratio=0.05).image_score(anomaly_map).item() == 97
+    assert AnomalyMapGenerator(score_reduction="topk_mean", topk_ratio=1.0).image_score(anomaly_map).item() == 49.5
+    assert AnomalyMapGenerator(score_reduction="max").image_score(anomaly_map).item() == 99
+
+
+@pytest.mark.parametrize("ratio", [0, -0.1, 1.5])
+def test_invalid_topk_ratio(ratio: float) -> None:
+    with pytest.raises(ValueError, match="topk_ratio"):
+        AnomalyMapGenerator(score_reduction="topk_mean", topk_ratio=ratio)
+
+
+def test_unknown_score_reduction() -> None:
+    with pytest.raises(ValueError, match="median"):
+        AnomalyMapGenerator(score_reduction="median")
+
+
+def test_loss_is_mean_cosine_distance() -> None:
+    prediction, target = _features_with_one_mismatch(row=3, col=3)
+    # One of 64 cells at distance 2 on level one; level two aligned.
+    loss = AlignmentLoss()([prediction, target], [target, target])
+    assert loss.item() == pytest.approx((2 / 64) / 2)

@@ -1,0 +1,85 @@
+"""HlgfaModel: shapes, the low-resolution view, priors, frozen backbone, and learning on normal images."""
+
+import pytest
+import torch
+from anomalib.data import InferenceBatch
+
+from anomalib_hlgfa import AlignmentLoss, HlgfaModel
+
+from .conftest import TINY, texture_crops
+
+
+@pytest.mark.parametrize(("height", "width"), [(64, 64), (96, 128), (75, 101), (256, 256)])
+def test_eval_output_is_inference_batch_at_input_resolution(tiny_model: HlgfaModel, height: int, width: int) -> None:
+    output = tiny_model.eval()(torch.rand(2, 3, height, width))
+    assert isinstance(output, InferenceBatch)
+    assert output.anomaly_map.shape == (2, 1, height, width)
+    assert output.pred_score.shape == (2,)
+    assert torch.isfinite(output.anomaly_map).all()
+    assert torch.isfinite(output.pred_score).all()
+
+
+def test_training_outputs_pair_predictions_with_high_resolution_features(tiny_model: HlgfaModel) -> None:
+    predictions, targets = tiny_model.train()(torch.rand(2, 3, 64, 96))
+    channels = tiny_model.feature_extractor.out_dims
+    assert [t.shape for t in targets] == [(2, channels[0], 16, 24), (2, channels[1], 8, 12)]
+    assert [p.shape for p in predictions] == [t.shape for t in targets]
+
+
+def test_low_resolution_view_antialiases(tiny_model: HlgfaModel) -> None:
+    # A one-pixel checkerboard is pure aliasing bait: strided sampling gives a flat 0 or 1 image,
+    # an antialiased 2x downsample gives its true local mean, 0.5, everywhere.
+    checkerboard = ((torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2).float().expand(1, 3, 8, 8)
+    low = tiny_model.low_resolution_view(checkerboard)
+    assert low.shape == (1, 3, 4, 4)
+    assert torch.allclose(low, torch.full_like(low, 0.5))
+
+
+def test_priors_are_compressed_and_split_by_frequency(tiny_model: HlgfaModel) -> None:
+    head = tiny_model.heads[0]
+    features = torch.randn(1, tiny_model.feature_extractor.out_dims[0], 16, 16)
+    structure, detail = head.priors(features)
+    assert structure.shape == detail.shape == (1, TINY["prior_channels"], 16, 16)
+    # The detail prior is a high-pass residue: a spatially constant input leaves none.
+    constant = torch.ones_like(features)
+    assert head.priors(constant)[1].abs().max() < 1e-5
+
+
+def test_backbone_is_frozen_during_training(tiny_model: HlgfaModel) -> None:
+    backbone_before = {k: v.clone() for k, v in tiny_model.feature_extractor.state_dict().items()}
+    assert not any(p.requires_grad for p in tiny_model.feature_extractor.parameters())
+    # Even an optimizer handed every parameter cannot move the backbone: it gets no gradient.
+    optimizer = torch.optim.SGD(tiny_model.parameters(), lr=0.1)
+    images = texture_crops(4, 64)
+    for _ in range(3):
+        optimizer.zero_grad()
+        AlignmentLoss()(*tiny_model.train()(images)).backward()
+        optimizer.step()
+    assert all(p.grad is None for p in tiny_model.feature_extractor.parameters())
+    assert any(p.grad is not None for p in tiny_model.heads.parameters())
+    for key, value in tiny_model.feature_extractor.state_dict().items():
+        assert torch.equal(value, backbone_before[key]), key
+
+
+def test_loss_decreases_on_normal_images(tiny_model: HlgfaModel) -> None:
+    images = texture_crops(8, 64)
+    optimizer = torch.optim.AdamW(tiny_model.heads.parameters(), lr=3e-3)
+    loss_fn = AlignmentLoss()
+    tiny_model.train()
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = loss_fn(*tiny_model(images))
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [("downsample_factor", 1), ("downsample_factor", 1.5), ("hidden_channels", 0), ("prior_channels", 0)],
+)
+def test_invalid_arguments_are_named(argument: str, value: float) -> None:
+    with pytest.raises(ValueError, match=argument):
+        HlgfaModel(**{**TINY, argument: value})
