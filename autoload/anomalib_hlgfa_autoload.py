@@ -15,6 +15,7 @@ import importlib.machinery
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from types import ModuleType
 
 _WATCHED = "anomalib.models"
@@ -33,7 +34,7 @@ class _RegisterAfterLoad(importlib.abc.Loader):
         self._loader.exec_module(module)
         try:
             importlib.import_module("anomalib_hlgfa")
-        except Exception as error:  # noqa: BLE001  # a broken plugin must not break anomalib itself
+        except Exception as error:  # a broken plugin must not break anomalib itself
             warnings.warn(
                 f"anomalib_hlgfa is installed but could not be imported, so the Hlgfa model is not "
                 f"available: {error!r}. Reinstall it, or set ANOMALIB_HLGFA_AUTOLOAD=0 to silence this.",
@@ -44,7 +45,12 @@ class _RegisterAfterLoad(importlib.abc.Loader):
 class _AnomalibModelsFinder(importlib.abc.MetaPathFinder):
     """Find ``anomalib.models`` as usual, with a loader that registers HLGFA after it."""
 
-    def find_spec(self, fullname: str, path=None, target=None):  # noqa: ANN001, ANN201
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None = None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname != _WATCHED:
             return None
         # Step aside for the real lookup, then take the first spec found after this finder.
