@@ -18,7 +18,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from anomalib.deploy import ExportType, OpenVINOInferencer
+from anomalib.deploy import OpenVINOInferencer
 from anomalib.visualization.image.functional import overlay_images, visualize_anomaly_map
 from PIL import Image
 
