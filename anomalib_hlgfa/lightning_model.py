@@ -17,11 +17,11 @@ Example:
 """
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import timm
 from anomalib import LearningType
-from anomalib.data import Batch
+from anomalib.data import AnomalibDataModule, Batch
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
@@ -33,7 +33,11 @@ from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from .anomaly_map import ScoreReduction
 from .loss import AlignmentLoss
+from .quantization import quantize_backbone
 from .torch_model import DEFAULT_BACKBONE, DEFAULT_LAYERS, HlgfaModel
+
+if TYPE_CHECKING:
+    import openvino as ov
 
 
 class Hlgfa(AnomalibModule):
@@ -195,6 +199,15 @@ class Hlgfa(AnomalibModule):
         del args, kwargs  # These variables are not used.
         predictions = self.model(batch.image)
         return batch.update(**predictions._asdict())
+
+    @staticmethod
+    def _post_training_quantization_ov(model: "ov.Model", datamodule: AnomalibDataModule | None = None) -> "ov.Model":
+        """INT8 PTQ for ``export --compression_type INT8_PTQ``: backbone only, calibrated on training images.
+
+        Replaces anomalib's default, which quantises the anomaly-map computation too (collapsing all
+        scores) and calibrates on the validation split. See :mod:`anomalib_hlgfa.quantization`.
+        """
+        return quantize_backbone(model, datamodule)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

@@ -6,9 +6,12 @@ import numpy as np
 import openvino as ov
 import pytest
 import torch
-from anomalib.deploy import TorchInferencer
+from anomalib.data import MVTecAD
+from anomalib.deploy import CompressionType, TorchInferencer
+from anomalib.engine import Engine
 
 from anomalib_hlgfa import Hlgfa
+from anomalib_hlgfa.quantization import fp32_scope
 
 from .conftest import TINY
 
@@ -16,9 +19,14 @@ SIZE = (64, 64)
 
 
 @pytest.fixture(scope="module")
-def model_and_inputs() -> tuple[Hlgfa, torch.Tensor]:
+def model_and_inputs(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Hlgfa, torch.Tensor]:
+    """A tiny model trained for one epoch, so its post-processor holds fitted thresholds and ranges."""
     torch.manual_seed(0)
-    model = Hlgfa(**TINY, image_size=SIZE).eval()
+    model = Hlgfa(**TINY, image_size=SIZE, max_epochs=1)
+    datamodule = MVTecAD(root=tiny_dataset, category="gravel", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    engine = Engine(default_root_dir=tmp_path_factory.mktemp("train"), logger=False, enable_progress_bar=False)
+    engine.fit(model=model, datamodule=datamodule)
+    model.eval()
     # Raw images at another size than the model's: the exported graph must resize them itself.
     return model, torch.rand(2, 3, 80, 96)
 
@@ -29,6 +37,12 @@ def torch_outputs(model_and_inputs: tuple[Hlgfa, torch.Tensor]) -> dict[str, np.
     with torch.no_grad():
         output = model(images)
     return {name: value.numpy() for name, value in output._asdict().items() if value is not None}
+
+
+@pytest.fixture(scope="module")
+def openvino_fp32(model_and_inputs: tuple[Hlgfa, torch.Tensor], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model, images = model_and_inputs
+    return model.to_openvino(export_root=tmp_path_factory.mktemp("openvino"), input_size=tuple(images.shape[-2:]))
 
 
 def _run_openvino(path: Path, images: torch.Tensor) -> dict[str, np.ndarray]:
@@ -45,17 +59,23 @@ def _assert_parity(exported: dict[str, np.ndarray], reference: dict[str, np.ndar
     assert np.array_equal(exported["pred_label"].ravel(), reference["pred_label"].ravel())
 
 
-@pytest.mark.parametrize("export_type", ["onnx", "openvino"])
-def test_exported_graph_matches_torch(
-    export_type: str,
+def test_onnx_graph_matches_torch(
     model_and_inputs: tuple[Hlgfa, torch.Tensor],
     torch_outputs: dict[str, np.ndarray],
     tmp_path: Path,
 ) -> None:
     model, images = model_and_inputs
-    exporter = model.to_onnx if export_type == "onnx" else model.to_openvino
-    path = exporter(export_root=tmp_path, input_size=(80, 96))
-    _assert_parity(_run_openvino(path, images), torch_outputs)
+    path = model.to_onnx(export_root=tmp_path, input_size=(80, 96))
+    _assert_parity(_run_openvino(path, images), torch_outputs)  # OpenVINO reads ONNX directly
+
+
+def test_openvino_graph_matches_torch(
+    model_and_inputs: tuple[Hlgfa, torch.Tensor],
+    torch_outputs: dict[str, np.ndarray],
+    openvino_fp32: Path,
+) -> None:
+    _, images = model_and_inputs
+    _assert_parity(_run_openvino(openvino_fp32, images), torch_outputs)
 
 
 def test_torch_export_loads_in_torch_inferencer(
@@ -71,3 +91,49 @@ def test_torch_export_loads_in_torch_inferencer(
     output = inferencer.model(images)
     exported = {name: value.detach().numpy() for name, value in output._asdict().items() if value is not None}
     _assert_parity(exported, torch_outputs)
+
+
+def test_int8_quantises_the_backbone_only_and_keeps_scores_apart(
+    model_and_inputs: tuple[Hlgfa, torch.Tensor],
+    torch_outputs: dict[str, np.ndarray],
+    openvino_fp32: Path,
+    tiny_dataset: Path,
+    tmp_path: Path,
+) -> None:
+    model, images = model_and_inputs
+    datamodule = MVTecAD(root=tiny_dataset, category="gravel", train_batch_size=4, num_workers=0)
+    path = model.to_openvino(
+        export_root=tmp_path,  # dynamic height and width: calibration images are 64 x 64, test ones 80 x 96
+        compression_type=CompressionType.INT8_PTQ,
+        datamodule=datamodule,
+    )
+    quantised = ov.Core().read_model(str(path))
+    fake_quantized = [op for op in quantised.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
+    assert fake_quantized, "nothing was quantised"
+    kept_fp32 = set(fp32_scope(ov.Core().read_model(str(openvino_fp32))).names)
+    consumers = {t.get_node().get_friendly_name() for op in fake_quantized for t in op.output(0).get_target_inputs()}
+    assert not consumers & kept_fp32, "an op of the heads or the anomaly map was quantised"
+
+    output = _run_openvino(path, images)
+    assert output["anomaly_map"].shape == torch_outputs["anomaly_map"].shape
+    # The map keeps its shape of values: no clipping to one ceiling, close to FP32.
+    assert np.ptp(output["anomaly_map"]) > 0.5 * np.ptp(torch_outputs["anomaly_map"])
+    assert np.abs(output["anomaly_map"] - torch_outputs["anomaly_map"]).mean() < 0.05
+
+
+def test_fp32_scope_holds_heads_blur_and_what_follows(
+    model_and_inputs: tuple[Hlgfa, torch.Tensor],
+    openvino_fp32: Path,
+) -> None:
+    model, _ = model_and_inputs
+    graph = ov.Core().read_model(str(openvino_fp32))
+    kept = set(fp32_scope(graph).names)
+    convolutions = [op for op in graph.get_ordered_ops() if op.get_type_name() in {"Convolution", "GroupConvolution"}]
+    kept_convolutions = [op for op in convolutions if op.get_friendly_name() in kept]
+    heads = len(model.model.heads)
+    # Per head: structure and detail projections, input projection, modulation, gate, 2 residual, output;
+    # plus the anomaly map's blur.
+    assert len(kept_convolutions) == 8 * heads + 1
+    assert len(convolutions) > len(kept_convolutions)  # the backbone's convolutions are left to quantise
+    output_producers = {result.input_value(0).get_node().get_friendly_name() for result in graph.get_results()}
+    assert output_producers <= kept
