@@ -6,9 +6,11 @@ validation split (the test images, for MVTec-layout data). For HLGFA both are wr
 - Calibration must see normal training images only; test images would leak labels into deployment.
 - Past the refinement heads, the graph computes the misalignment map and its normalisation. Their
   activation ranges, calibrated on normal images, clip every anomalous value to the same ceiling, so
-  all defects score alike (measured: image AUROC fell to 0.50 on solar_cell). So only the frozen
-  backbone, where nearly all the compute is, is quantised; the light heads and the anomaly-map
-  generation stay in FP32.
+  all defects score alike (measured: image AUROC fell to 0.50 on solar_cell). So the heads and every
+  op that depends on their output (the misalignment, fusion, blur and normalisation) stay in FP32.
+  What is quantised is the frozen backbone, where nearly all the compute is, and the few ops that
+  read only backbone features (the upsampling of the low-resolution features, the norm of the
+  high-resolution features in the cosine).
 """
 
 from typing import TYPE_CHECKING
@@ -31,7 +33,7 @@ def _weight_name(node: "ov.Node") -> str:
 
 
 def fp32_scope(model: "ov.Model") -> "nncf.IgnoredScope":
-    """Everything from the refinement heads on: the heads' convolutions and all that depends on them.
+    """The refinement heads' convolutions and every op that depends on their output.
 
     Args:
         model (ov.Model): Exported HLGFA (FP32).
