@@ -33,9 +33,9 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from .anomaly_map import AnomalyMapGenerator, ScoreReduction
-from .backbone import create_feature_extractor
+from .backbone import OFFLINE_BACKBONE, create_feature_extractor
 
-DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+DEFAULT_BACKBONE = OFFLINE_BACKBONE  # ImageNet weights without a model hub
 DEFAULT_LAYERS = ("blocks.2", "blocks.4")
 
 
