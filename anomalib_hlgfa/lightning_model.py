@@ -63,7 +63,7 @@ class Hlgfa(AnomalibModule):
         weight_decay (float): AdamW weight decay. Defaults to ``1e-4``.
         max_epochs (int | None): Training epochs; it sets the trainer's ``max_epochs``, and validation
             (which fits the post-processor's thresholds) runs once, after the last epoch. ``None`` leaves
-            both to the trainer's own arguments. Defaults to ``30``.
+            both to the trainer's own arguments. Defaults to ``10``.
         image_size (tuple[int, int]): Height and width of the default pre-processor's resize.
             Defaults to ``(256, 256)``.
         pre_processor (PreProcessor | bool): Pre-processor, or ``True`` for the default: resize to
@@ -93,7 +93,7 @@ class Hlgfa(AnomalibModule):
         topk_ratio: float = 0.01,
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-4,
-        max_epochs: int | None = 30,
+        max_epochs: int | None = 10,
         image_size: tuple[int, int] = (256, 256),
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,

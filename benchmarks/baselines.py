@@ -92,7 +92,7 @@ class ReverseDistillationLite0(ReverseDistillation):
             and ``pre_trained``, which this class fixes.
     """
 
-    def __init__(self, **kwargs) -> None:  # noqa: ANN003
+    def __init__(self, **kwargs) -> None:
         # resnet18 without weights builds anomalib's ResNet-18 bottleneck and decoder, downloading nothing.
         super().__init__(backbone="resnet18", layers=("layer1", "layer2", "layer3"), pre_trained=False, **kwargs)
         encoder = create_feature_extractor(OFFLINE_BACKBONE, RD_LAYERS, pre_trained=True)

@@ -80,10 +80,9 @@ def fit_job(args: argparse.Namespace) -> dict:
     import torch
     from anomalib.data import MVTecAD
     from anomalib.engine import Engine
+    from baselines import build_model
     from lightning.pytorch import seed_everything
     from lightning.pytorch.trainer.states import TrainerFn
-
-    from baselines import build_model
 
     torch.set_num_threads(args.threads)
     seed_everything(args.seed, workers=True)
@@ -149,7 +148,12 @@ def infer_job(args: argparse.Namespace) -> dict:
     datamodule.setup()
     size = (args.image_size, args.image_size)
     images = [
-        F.interpolate(datamodule.test_data[index % len(datamodule.test_data)].image[None], size=size, mode="bilinear", antialias=True)[0]
+        F.interpolate(
+            datamodule.test_data[index % len(datamodule.test_data)].image[None],
+            size=size,
+            mode="bilinear",
+            antialias=True,
+        )[0]
         for index in range(32)
     ]
     batch32 = torch.stack(images)
@@ -183,7 +187,7 @@ def run_worker(args: argparse.Namespace) -> None:
     out = job_dir / f"{args.worker}.json"
     try:
         result = {"status": "ok", **(fit_job(args) if args.worker == "fit" else infer_job(args))}
-    except Exception as error:  # noqa: BLE001 - the driver reports any failure with its reason
+    except Exception as error:
         traceback.print_exc()
         result = {"status": "failed", "reason": f"{type(error).__name__}: {error}"[:300]}
     tmp = out.with_suffix(".tmp")
@@ -196,7 +200,7 @@ def run_process(command: list[str], log: Path, timeout_s: float, memory_limit_gb
     import psutil
 
     with log.open("w") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)  # noqa: S603
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
         watched = psutil.Process(process.pid)
         start = time.monotonic()
         while process.poll() is None:
