@@ -86,6 +86,19 @@ class PriorDecomposition(nn.Module):
         return structure, detail
 
 
+ABLATIONS = ("full", "no_structure_prior", "no_detail_prior", "no_modulation", "no_gate", "single_resolution")
+"""Variants of the refinement head for ablation studies; ``"full"`` is the method.
+
+- ``no_structure_prior``: the modulation sees no structure prior (zeros): a learned constant scale and shift.
+- ``no_detail_prior``: the gate sees no detail prior (zeros): a learned constant gate.
+- ``no_modulation``: the structure prior is concatenated to the input instead of modulating it.
+- ``no_gate``: the detail prior is concatenated to the residual branch's input; the residual is added ungated.
+- ``single_resolution``: no low-resolution view; the head predicts the high-resolution features from a
+  copy of themselves squeezed through a 1x1 bottleneck of ``channels // 4`` channels (the information of a
+  2x-downsampled view), given the same priors.
+"""
+
+
 class RefinementHead(nn.Module):
     """Refine upsampled low-resolution features into a prediction of the high-resolution ones.
 
@@ -94,17 +107,38 @@ class RefinementHead(nn.Module):
         hidden_channels (int): Width of the head.
         prior_channels (int): Channels of the structure and detail priors.
         structure_window (int): Low-pass window of the prior decomposition, in feature cells.
+        ablation (str): ``"full"`` (the method) or one of :data:`ABLATIONS`, for ablation studies.
     """
 
-    def __init__(self, channels: int, hidden_channels: int, prior_channels: int, structure_window: int) -> None:
+    def __init__(
+        self,
+        channels: int,
+        hidden_channels: int,
+        prior_channels: int,
+        structure_window: int,
+        ablation: str = "full",
+    ) -> None:
         super().__init__()
+        if ablation not in ABLATIONS:
+            msg = f"Unknown ablation {ablation!r}: choose from {ABLATIONS}."
+            raise ValueError(msg)
+        self.ablation = ablation
+        concat_structure = prior_channels if ablation == "no_modulation" else 0
+        concat_detail = prior_channels if ablation == "no_gate" else 0
         self.priors = PriorDecomposition(channels, prior_channels, structure_window)
-        self.input_projection = nn.Conv2d(channels, hidden_channels, kernel_size=1)
+        if ablation == "single_resolution":
+            bottleneck = max(1, channels // 4)
+            self.input_projection = nn.Sequential(
+                nn.Conv2d(channels, bottleneck, kernel_size=1),
+                nn.Conv2d(bottleneck, hidden_channels, kernel_size=1),
+            )
+        else:
+            self.input_projection = nn.Conv2d(channels + concat_structure, hidden_channels, kernel_size=1)
         self.norm = nn.InstanceNorm2d(hidden_channels, affine=False)
         self.modulation = nn.Conv2d(prior_channels, 2 * hidden_channels, kernel_size=3, padding=1)
         self.gate = nn.Conv2d(prior_channels, hidden_channels, kernel_size=3, padding=1)
         self.residual = nn.Sequential(
-            nn.Conv2d(hidden_channels, hidden_channels, kernel_size=3, padding=1),
+            nn.Conv2d(hidden_channels + concat_detail, hidden_channels, kernel_size=3, padding=1),
             nn.GELU(),
             nn.Conv2d(hidden_channels, hidden_channels, kernel_size=3, padding=1),
         )
@@ -117,16 +151,38 @@ class RefinementHead(nn.Module):
         """Predict the high-resolution features.
 
         Args:
-            low_features (torch.Tensor): Low-resolution features on the high-resolution grid ``(B, C, h, w)``.
+            low_features (torch.Tensor): Low-resolution features on the high-resolution grid ``(B, C, h, w)``
+                (for the ``single_resolution`` ablation, the high-resolution features themselves).
             high_features (torch.Tensor): High-resolution features ``(B, C, h, w)``, seen only through the priors.
 
         Returns:
             torch.Tensor: Predicted high-resolution features ``(B, C, h, w)``.
         """
         structure, detail = self.priors(high_features)
-        scale, shift = self.modulation(structure).chunk(2, dim=1)
-        modulated = self.norm(self.input_projection(low_features)) * (1 + scale) + shift
-        refined = modulated + torch.sigmoid(self.gate(detail)) * self.residual(modulated)
+        if self.ablation == "full":  # the exported path: no ablation branches
+            scale, shift = self.modulation(structure).chunk(2, dim=1)
+            modulated = self.norm(self.input_projection(low_features)) * (1 + scale) + shift
+            refined = modulated + torch.sigmoid(self.gate(detail)) * self.residual(modulated)
+            return self.output_projection(refined)
+        return self._ablated_forward(low_features, structure, detail)
+
+    def _ablated_forward(
+        self, low_features: torch.Tensor, structure: torch.Tensor, detail: torch.Tensor
+    ) -> torch.Tensor:
+        """The forward pass of an ablation variant (see :data:`ABLATIONS`)."""
+        if self.ablation == "no_structure_prior":
+            structure = torch.zeros_like(structure)
+        if self.ablation == "no_detail_prior":
+            detail = torch.zeros_like(detail)
+        if self.ablation == "no_modulation":
+            modulated = self.norm(self.input_projection(torch.cat([low_features, structure], dim=1)))
+        else:
+            scale, shift = self.modulation(structure).chunk(2, dim=1)
+            modulated = self.norm(self.input_projection(low_features)) * (1 + scale) + shift
+        if self.ablation == "no_gate":
+            refined = modulated + self.residual(torch.cat([modulated, detail], dim=1))
+        else:
+            refined = modulated + torch.sigmoid(self.gate(detail)) * self.residual(modulated)
         return self.output_projection(refined)
 
 
