@@ -16,6 +16,7 @@ Example:
         anomalib train --model Hlgfa --data anomalib.data.MVTecAD --data.category bottle
 """
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -182,8 +183,38 @@ class Hlgfa(AnomalibModule):
         """
         del args, kwargs  # These variables are not used.
         loss = self.loss(*self.model(batch.image))
-        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
+        value = loss.item()
+        self._stop_if_not_finite(value)
+        self.log("train_loss", value, on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
         return {"loss": loss}
+
+    def _stop_if_not_finite(self, loss: float) -> None:
+        """Stop training, with what to change, when the loss is NaN or infinite on any process.
+
+        Raising before ``backward`` keeps the non-finite loss out of the weights, and Lightning saves no
+        checkpoint for an interrupted epoch (anomalib's checkpoint callback saves at epoch ends). Under
+        distributed training every process takes the same decision, so none is left waiting for the others.
+
+        Args:
+            loss (float): This process's loss for the current batch.
+
+        Raises:
+            FloatingPointError: If the loss is NaN or infinite on any process.
+        """
+        finite = math.isfinite(loss)
+        if self._trainer is not None:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        where = f" at epoch {self.current_epoch}, step {self.global_step}" if self._trainer is not None else ""
+        msg = (
+            f"HLGFA's training loss is not finite ({loss} on this process){where}: training stopped and no "
+            "checkpoint of this epoch was written (checkpoints written earlier, if any, hold the model of the "
+            "last completed epoch). To fix: lower learning_rate (now "
+            f"{self.learning_rate:g}; the default is 1e-3), and check the training images and any custom "
+            "pre-processor for NaN or infinite values."
+        )
+        raise FloatingPointError(msg)
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Predict anomaly maps and scores for the post-processor's thresholds and normalisation.
