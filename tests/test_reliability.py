@@ -119,7 +119,8 @@ def test_anomalib_alone_clips_16_bit_grayscale(tmp_path: Path) -> None:
     assert (clipped == 1.0).float().mean() > 0.9
     # And for 8-bit images the replacement returns exactly anomalib's values.
     for name in ("rgb.png", "gray.png", "rgba.png", "palette.png"):
-        assert torch.equal(read_image(tmp_path / name, as_tensor=True), image.anomalib_read_image(tmp_path / name, True))
+        ours = read_image(tmp_path / name, as_tensor=True)
+        assert torch.equal(ours, image.anomalib_read_image(tmp_path / name, as_tensor=True)), name
 
 
 def test_importing_the_package_installs_the_reader_in_anomalib() -> None:
@@ -147,7 +148,9 @@ def test_predict_on_a_folder_of_mixed_image_kinds(tmp_path: Path) -> None:
     model = Hlgfa(**TINY, image_size=(64, 64), visualizer=False)
     engine = Engine(default_root_dir=tmp_path / "results", logger=False, enable_progress_bar=False)
     batches = engine.predict(model=model, data_path=tmp_path / "images")
-    scores = {Path(path).stem: float(score) for b in batches for path, score in zip(b.image_path, b.pred_score)}
+    scores = {
+        Path(path).stem: float(score) for b in batches for path, score in zip(b.image_path, b.pred_score, strict=True)
+    }
     assert set(scores) == {path.stem for path in paths.values()}
     assert all(np.isfinite(list(scores.values())))
     assert scores["gray16"] == pytest.approx(scores["gray"], abs=1e-5)
