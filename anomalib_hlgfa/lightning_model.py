@@ -50,6 +50,7 @@ ARCHITECTURE_ARGUMENTS = (
     "structure_window",
     "anomaly_map_sigma",
 )
+ARCHITECTURE_KEY = "hlgfa_architecture"
 
 
 def _plain(value: Any) -> Any:  # noqa: ANN401
@@ -275,6 +276,11 @@ class Hlgfa(AnomalibModule):
         predictions = self.model(batch.image)
         return batch.update(**predictions._asdict())
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also save the architecture arguments where loading cannot overwrite them (see ``on_load_checkpoint``)."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[ARCHITECTURE_KEY] = {name: _plain(self.hparams[name]) for name in ARCHITECTURE_ARGUMENTS}
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint made with another architecture, naming what differs, before loading it.
 
@@ -290,7 +296,8 @@ class Hlgfa(AnomalibModule):
             ValueError: If an architecture argument or the state dict's keys or shapes differ.
         """
         super().on_load_checkpoint(checkpoint)
-        saved = checkpoint.get("hyper_parameters", {})
+        # Not the "hyper_parameters": load_from_checkpoint has already merged its keyword arguments into them.
+        saved = checkpoint.get(ARCHITECTURE_KEY, {})
         differing = [
             f"{name}: checkpoint {_plain(saved[name])!r}, this model {_plain(self.hparams[name])!r}"
             for name in ARCHITECTURE_ARGUMENTS
