@@ -81,6 +81,8 @@ def install() -> None:
 
     anomalib's modules import ``read_image`` by name, so each loaded module's name is rebound; modules
     loaded later import the replacement from ``anomalib.data.utils``. Calling it again changes nothing.
+    Forked DataLoader workers inherit the replacement; spawned ones only if their main module imports
+    ``anomalib_hlgfa`` (or ``anomalib.models``, through the start-up hook) at its top level.
     """
     global anomalib_read_image
     from anomalib.data.utils import image as anomalib_image
