@@ -58,6 +58,11 @@ class AnomalyMapGenerator(nn.Module):
         self.topk_ratio = topk_ratio
         self.blur = GaussianBlur2d(sigma=sigma, channels=1) if sigma > 0 else nn.Identity()
 
+    @property
+    def blur_radius(self) -> int:
+        """Half the smoothing kernel's side, in pixels: the reflection padding the map needs."""
+        return max(self.blur.height, self.blur.width) // 2 if isinstance(self.blur, GaussianBlur2d) else 0
+
     def forward(
         self,
         predictions: list[torch.Tensor],

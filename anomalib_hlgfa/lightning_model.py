@@ -16,6 +16,7 @@ Example:
         anomalib train --model Hlgfa --data anomalib.data.MVTecAD --data.category bottle
 """
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,23 @@ from .torch_model import DEFAULT_BACKBONE, DEFAULT_LAYERS, HlgfaModel
 
 if TYPE_CHECKING:
     import openvino as ov
+
+# Arguments that define the network or its computation: a checkpoint only fits a model built with its values.
+ARCHITECTURE_ARGUMENTS = (
+    "backbone",
+    "layers",
+    "downsample_factor",
+    "hidden_channels",
+    "prior_channels",
+    "structure_window",
+    "anomaly_map_sigma",
+)
+ARCHITECTURE_KEY = "hlgfa_architecture"
+
+
+def _plain(value: Any) -> Any:  # noqa: ANN401
+    """Compare sequences as lists: a checkpoint may hold ``layers`` as a tuple or a list."""
+    return list(value) if isinstance(value, list | tuple) else value
 
 
 class Hlgfa(AnomalibModule):
@@ -169,6 +187,34 @@ class Hlgfa(AnomalibModule):
         """AdamW over the refinement heads: the backbone is frozen and gets no parameter updates."""
         return optim.AdamW(self.model.heads.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
 
+    def on_train_start(self) -> None:
+        """Refuse to train on nothing, or to leave the thresholds unfitted, before the first step.
+
+        Lightning skips an empty training set with a warning, and an empty validation split (an MVTec
+        folder without ``test/``) leaves the post-processor's thresholds at NaN: both would end in a model
+        that looks trained and is not.
+
+        Raises:
+            ValueError: If there are no training batches, or the datamodule's validation split is empty
+                while a post-processor needs it.
+        """
+        if self.trainer.num_training_batches == 0:
+            msg = (
+                "HLGFA has no training images: the training dataloader is empty. Check the data root and "
+                "category (MVTec layout: ROOT/CATEGORY/train/good/*.png)."
+            )
+            raise ValueError(msg)
+        datamodule = self.trainer.datamodule
+        val_data = getattr(datamodule, "val_data", None)
+        if self.post_processor is not None and val_data is not None and len(val_data) == 0:
+            msg = (
+                f"The validation split of {type(datamodule).__name__} is empty, so the post-processor's "
+                "thresholds cannot be fitted (they would stay NaN). Give validation images (MVTec layout: "
+                "ROOT/CATEGORY/test/good and ROOT/CATEGORY/test/DEFECT, with ground_truth masks), or pass "
+                "post_processor=False to train without thresholds."
+            )
+            raise ValueError(msg)
+
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Align refined low-resolution features with high-resolution features of normal images.
 
@@ -182,8 +228,38 @@ class Hlgfa(AnomalibModule):
         """
         del args, kwargs  # These variables are not used.
         loss = self.loss(*self.model(batch.image))
-        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
+        value = loss.item()
+        self._stop_if_not_finite(value)
+        self.log("train_loss", value, on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
         return {"loss": loss}
+
+    def _stop_if_not_finite(self, loss: float) -> None:
+        """Stop training, with what to change, when the loss is NaN or infinite on any process.
+
+        Raising before ``backward`` keeps the non-finite loss out of the weights, and Lightning saves no
+        checkpoint for an interrupted epoch (anomalib's checkpoint callback saves at epoch ends). Under
+        distributed training every process takes the same decision, so none is left waiting for the others.
+
+        Args:
+            loss (float): This process's loss for the current batch.
+
+        Raises:
+            FloatingPointError: If the loss is NaN or infinite on any process.
+        """
+        finite = math.isfinite(loss)
+        if self._trainer is not None:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        where = f" at epoch {self.current_epoch}, step {self.global_step}" if self._trainer is not None else ""
+        msg = (
+            f"HLGFA's training loss is not finite ({loss} on this process){where}: training stopped and no "
+            "checkpoint of this epoch was written (checkpoints written earlier, if any, hold the model of the "
+            "last completed epoch). To fix: lower learning_rate (now "
+            f"{self.learning_rate:g}; the default is 1e-3), and check the training images and any custom "
+            "pre-processor for NaN or infinite values."
+        )
+        raise FloatingPointError(msg)
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Predict anomaly maps and scores for the post-processor's thresholds and normalisation.
@@ -199,6 +275,54 @@ class Hlgfa(AnomalibModule):
         del args, kwargs  # These variables are not used.
         predictions = self.model(batch.image)
         return batch.update(**predictions._asdict())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also save the architecture arguments where loading cannot overwrite them (see ``on_load_checkpoint``)."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[ARCHITECTURE_KEY] = {name: _plain(self.hparams[name]) for name in ARCHITECTURE_ARGUMENTS}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint made with another architecture, naming what differs, before loading it.
+
+        Lightning loads state dicts strictly, but its error lists tensor names and shapes, and the
+        arguments that change the computation without changing a tensor shape (``downsample_factor``,
+        ``structure_window``) would load silently into a different model. Checked for
+        ``Hlgfa.load_from_checkpoint`` and for ``ckpt_path`` in the engine and CLI alike.
+
+        Args:
+            checkpoint (dict[str, Any]): The loaded checkpoint.
+
+        Raises:
+            ValueError: If an architecture argument or the state dict's keys or shapes differ.
+        """
+        super().on_load_checkpoint(checkpoint)
+        # Not the "hyper_parameters": load_from_checkpoint has already merged its keyword arguments into them.
+        saved = checkpoint.get(ARCHITECTURE_KEY, {})
+        differing = [
+            f"{name}: checkpoint {_plain(saved[name])!r}, this model {_plain(self.hparams[name])!r}"
+            for name in ARCHITECTURE_ARGUMENTS
+            if name in saved and name in self.hparams and _plain(saved[name]) != _plain(self.hparams[name])
+        ]
+        state, own = checkpoint.get("state_dict", {}), self.state_dict()
+        mismatches = [
+            *(f"missing from the checkpoint: {key}" for key in own if key not in state),
+            *(f"not in this model: {key}" for key in state if key not in own),
+            *(
+                f"shape of {key}: checkpoint {tuple(state[key].shape)}, this model {tuple(own[key].shape)}"
+                for key in own
+                if key in state and hasattr(state[key], "shape") and state[key].shape != own[key].shape
+            ),
+        ]
+        if not differing and not mismatches:
+            return
+        details = differing + mismatches[:5] + ([f"... and {len(mismatches) - 5} more"] if len(mismatches) > 5 else [])
+        msg = (
+            "This checkpoint does not fit this HLGFA model's configuration:\n  "
+            + "\n  ".join(details)
+            + "\nLoad it with the configuration it was trained with: leave out the overriding arguments "
+            "(Hlgfa.load_from_checkpoint(path) restores them), or pass the checkpoint's values."
+        )
+        raise ValueError(msg)
 
     @staticmethod
     def _post_training_quantization_ov(model: "ov.Model", datamodule: AnomalibDataModule | None = None) -> "ov.Model":

@@ -186,6 +186,24 @@ class RefinementHead(nn.Module):
         return self.output_projection(refined)
 
 
+def minimum_input_size(deepest_stride: int, downsample_factor: int, blur_radius: int = 0) -> int:
+    """Smallest image side HLGFA can process.
+
+    The low-resolution view must cover at least one cell of the deepest feature level, so the input
+    side must be at least ``deepest_stride * downsample_factor``; and the anomaly map's Gaussian
+    smoothing pads by reflection, which needs a side larger than its radius.
+
+    Args:
+        deepest_stride (int): Stride of the deepest backbone level used, in input pixels.
+        downsample_factor (int): Factor between the input and its low-resolution view.
+        blur_radius (int): Radius, in pixels, of the anomaly map's smoothing kernel. Defaults to ``0``.
+
+    Returns:
+        int: The minimum height and width, in pixels.
+    """
+    return max(deepest_stride * downsample_factor, blur_radius + 1)
+
+
 class HlgfaModel(nn.Module):
     """HLGFA: a frozen backbone on two views and per-level refinement heads.
 
@@ -239,6 +257,43 @@ class HlgfaModel(nn.Module):
             score_reduction=score_reduction,
             topk_ratio=topk_ratio,
         )
+        self.backbone_name, self.layers = backbone, list(layers)
+        self.deepest_stride = max(self.feature_extractor.feature_extractor.feature_info.reduction())
+        self.minimum_input_size = minimum_input_size(
+            self.deepest_stride,
+            downsample_factor,
+            self.anomaly_map_generator.blur_radius,
+        )
+
+    def check_input(self, images: torch.Tensor) -> None:
+        """Raise a clear error for input the model cannot process, before any computation.
+
+        Only static Python checks on the shape: nothing enters an exported graph.
+
+        Args:
+            images (torch.Tensor): The model's input.
+
+        Raises:
+            ValueError: If ``images`` is not ``(B, 3, H, W)`` or a side is below ``minimum_input_size``.
+        """
+        if images.dim() != 4 or images.shape[1] != 3:
+            msg = (
+                f"HLGFA expects a batch of RGB images shaped (B, 3, H, W), got shape {tuple(images.shape)}. "
+                "Add the batch dimension with images.unsqueeze(0) for a single image, and convert grayscale "
+                "or RGBA images to 3-channel RGB."
+            )
+            raise ValueError(msg)
+        height, width = int(images.shape[-2]), int(images.shape[-1])
+        if min(height, width) < self.minimum_input_size:
+            msg = (
+                f"Input images of {height} x {width} pixels (height x width) are too small: with backbone "
+                f"{self.backbone_name!r}, layers {self.layers} (deepest stride {self.deepest_stride}) and "
+                f"downsample_factor {self.downsample_factor}, each side must be at least "
+                f"{self.minimum_input_size} pixels. Resize the images to at least "
+                f"{self.minimum_input_size} x {self.minimum_input_size} (image_size), or use shallower layers "
+                "or a smaller downsample_factor."
+            )
+            raise ValueError(msg)
 
     def low_resolution_view(self, images: torch.Tensor) -> torch.Tensor:
         """Downsample ``(B, 3, H, W)`` images by area averaging to ``(B, 3, ceil(H / f), ceil(W / f))``."""
@@ -278,7 +333,11 @@ class HlgfaModel(nn.Module):
         Returns:
             In training mode, per-level predictions and targets for the loss. In eval mode an
             ``InferenceBatch`` with ``pred_score`` ``(B,)`` and ``anomaly_map`` ``(B, 1, H, W)``.
+
+        Raises:
+            ValueError: If ``images`` is not ``(B, 3, H, W)`` or smaller than ``minimum_input_size``.
         """
+        self.check_input(images)
         predictions, targets = self.align(images)
         if self.training:
             return predictions, targets

@@ -1,5 +1,7 @@
 """Hlgfa as an anomalib model: registration, components, optimizer, and checkpoint round trip."""
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from anomalib.models import get_model
 from anomalib_hlgfa import Hlgfa
 
 from .conftest import TINY
+from .test_cli import ANOMALIB
 
 
 def _tiny_hlgfa(**kwargs) -> Hlgfa:
@@ -51,17 +54,50 @@ def test_invalid_max_epochs(max_epochs: float) -> None:
         _tiny_hlgfa(max_epochs=max_epochs)
 
 
-def test_fit_test_and_checkpoint_round_trip(tiny_dataset: Path, tmp_path: Path) -> None:
-    datamodule = MVTecAD(root=tiny_dataset, category="gravel", train_batch_size=4, eval_batch_size=4, num_workers=0)
+SCORE_DUMP = """
+import os
+import torch
+from lightning.pytorch import Callback
+
+
+class ScoreDump(Callback):
+    \"\"\"Save every test image's score and anomaly map to the file named by $SCORE_DUMP.\"\"\"
+
+    def __init__(self):
+        self.rows = {}
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        for path, score, anomaly_map in zip(outputs.image_path, outputs.pred_score, outputs.anomaly_map):
+            self.rows[path] = (score.clone(), anomaly_map.clone())
+
+    def on_test_end(self, trainer, pl_module):
+        torch.save(self.rows, os.environ["SCORE_DUMP"])
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Hlgfa, Path, dict]:
+    """A tiny model fitted and tested for 2 epochs, its checkpoint, and its test metrics."""
+    tmp_path = tmp_path_factory.mktemp("trained")
+    torch.manual_seed(0)
     model = _tiny_hlgfa(max_epochs=2)
     engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
-    engine.fit(model=model, datamodule=datamodule)
-    (metrics,) = engine.test(model=model, datamodule=datamodule)
+    engine.fit(model=model, datamodule=_tiny_datamodule(tiny_dataset))
+    (metrics,) = engine.test(model=model, datamodule=_tiny_datamodule(tiny_dataset))
+    checkpoint = tmp_path / "hlgfa.ckpt"
+    engine.trainer.save_checkpoint(checkpoint)
+    return model, checkpoint, metrics
+
+
+def _tiny_datamodule(root: Path) -> MVTecAD:
+    return MVTecAD(root=root, category="gravel", train_batch_size=4, eval_batch_size=4, num_workers=0)
+
+
+def test_fit_test_and_checkpoint_round_trip(trained: tuple[Hlgfa, Path, dict]) -> None:
+    model, checkpoint, metrics = trained
     for name in ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score", "pixel_AUPRO"):
         assert 0.0 <= metrics[name] <= 1.0, name
 
-    checkpoint = tmp_path / "hlgfa.ckpt"
-    engine.trainer.save_checkpoint(checkpoint)
     restored = Hlgfa.load_from_checkpoint(checkpoint)
 
     images = torch.rand(3, 3, 80, 72)
@@ -74,3 +110,91 @@ def test_fit_test_and_checkpoint_round_trip(tiny_dataset: Path, tmp_path: Path) 
     assert torch.equal(before.pred_label, after.pred_label)
     # The post-processor's fitted thresholds came back too, not fresh defaults.
     assert restored.post_processor.image_threshold == model.post_processor.image_threshold
+
+
+def test_cli_test_and_load_from_checkpoint_give_identical_scores(
+    trained: tuple[Hlgfa, Path, dict],
+    tiny_dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, checkpoint, _ = trained
+    (tmp_path / "score_dump.py").write_text(SCORE_DUMP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from score_dump import ScoreDump
+
+    # In this process: Hlgfa.load_from_checkpoint, then the engine's test.
+    monkeypatch.setenv("SCORE_DUMP", str(tmp_path / "python.pt"))
+    restored = Hlgfa.load_from_checkpoint(checkpoint)
+    engine = Engine(
+        default_root_dir=tmp_path / "python", logger=False, enable_progress_bar=False, callbacks=[ScoreDump()]
+    )
+    (python_metrics,) = engine.test(model=restored, datamodule=_tiny_datamodule(tiny_dataset))
+
+    # In a fresh process: anomalib's CLI with --ckpt_path.
+    environment = {
+        **os.environ,
+        "SCORE_DUMP": str(tmp_path / "cli.pt"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+    }
+    result = subprocess.run(
+        [
+            str(ANOMALIB), "test",
+            "--model", "Hlgfa",
+            "--model.pre_trained", "false",
+            "--model.layers", "[blocks.1, blocks.2]",
+            "--model.hidden_channels", "8",
+            "--model.prior_channels", "2",
+            "--model.image_size", "[64, 64]",
+            "--data", "anomalib.data.MVTecAD",
+            "--data.root", str(tiny_dataset),
+            "--data.category", "gravel",
+            "--data.eval_batch_size", "4",
+            "--data.num_workers", "0",
+            "--ckpt_path", str(checkpoint),
+            "--default_root_dir", str(tmp_path / "cli"),
+            "--trainer.enable_progress_bar", "false",
+            "--trainer.callbacks", "score_dump.ScoreDump",
+        ],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    python_rows, cli_rows = torch.load(tmp_path / "python.pt"), torch.load(tmp_path / "cli.pt")
+    assert len(python_rows) == 12
+    assert python_rows.keys() == cli_rows.keys()
+    for path, (score, anomaly_map) in python_rows.items():
+        assert torch.equal(score, cli_rows[path][0]), path
+        assert torch.equal(anomaly_map, cli_rows[path][1]), path
+    assert f"{python_metrics['pixel_AUPRO']:.4f}"[:5] in result.stdout  # the CLI's printed metrics agree
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"hidden_channels": 16}, r"hidden_channels: checkpoint 8, this model 16"),
+        ({"layers": ("blocks.1", "blocks.4")}, r"layers: checkpoint \['blocks.1', 'blocks.2'\], this model"),
+        ({"structure_window": 2}, r"structure_window: checkpoint 4, this model 2"),  # no tensor changes shape
+        ({"downsample_factor": 4}, r"downsample_factor: checkpoint 2, this model 4"),
+    ],
+)
+def test_checkpoint_with_another_configuration_is_refused(
+    trained: tuple[Hlgfa, Path, dict],
+    override: dict,
+    named: str,
+) -> None:
+    _, checkpoint, _ = trained
+    with pytest.raises(ValueError, match=rf"does not fit this HLGFA model's configuration:(.|\n)*{named}"):
+        Hlgfa.load_from_checkpoint(checkpoint, **override)
+
+
+def test_state_dict_of_another_configuration_is_refused_by_the_engine(
+    trained: tuple[Hlgfa, Path, dict],
+    tiny_dataset: Path,
+    tmp_path: Path,
+) -> None:
+    _, checkpoint, _ = trained
+    other = Hlgfa(**{**TINY, "hidden_channels": 4}, image_size=(64, 64))
+    engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match=r"shape of model\.heads\.0\.input_projection\.weight: checkpoint \(8,"):
+        engine.test(model=other, datamodule=_tiny_datamodule(tiny_dataset), ckpt_path=checkpoint)
