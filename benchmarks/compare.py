@@ -293,6 +293,14 @@ def run_job(model: str, category: str, args: argparse.Namespace) -> dict:
     return row
 
 
+def kept_row(model: str, category: str, args: argparse.Namespace) -> dict:
+    """The kept result of a job, or a 'not run' row."""
+    row_file = Path(args.output) / "jobs" / f"{category}__{model}.json"
+    if row_file.exists():
+        return json.loads(row_file.read_text())
+    return {"category": category, "model": model, "status": "not run", "reason": "no kept result"}
+
+
 def fmt(value: object, digits: int = 3) -> str:
     """A table cell: floats rounded, missing values empty."""
     if value is None:
@@ -391,6 +399,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout-minutes", type=float, default=60)
     parser.add_argument("--memory-limit-gb", type=float, default=20)
     parser.add_argument("--rerun", action="store_true", help="Run jobs again even if a result is kept.")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="Run nothing: write the tables from the kept jobs; a job never run shows as 'not run'.",
+    )
     # Set by the driver for the job processes.
     parser.add_argument("--worker", choices=("fit", "infer"), help=argparse.SUPPRESS)
     parser.add_argument("--category", help=argparse.SUPPRESS)
@@ -409,14 +422,17 @@ def main() -> None:
     for category in args.categories:
         if not (Path(args.root) / category / "train" / "good").is_dir():
             sys.exit(f"No training images at {Path(args.root) / category / 'train' / 'good'}: check --root.")
-    if "efficient_ad" in args.models and not args.efficient_ad_assets:
+    if "efficient_ad" in args.models and not args.efficient_ad_assets and not args.report_only:
         sys.exit(
             "EfficientAD needs its offline teacher and penalty images: run "
             "`python benchmarks/efficientad_offline.py --output DIR` once and pass --efficient-ad-assets DIR, "
             "or leave efficient_ad out of --models."
         )
     Path(args.output).mkdir(parents=True, exist_ok=True)
-    rows = [run_job(model, category, args) for category in args.categories for model in args.models]
+    if args.report_only:
+        rows = [kept_row(model, category, args) for category in args.categories for model in args.models]
+    else:
+        rows = [run_job(model, category, args) for category in args.categories for model in args.models]
     write_outputs(rows, args)
 
 
