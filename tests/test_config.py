@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from anomalib_hlgfa import Hlgfa
+from anomalib_hlgfa.backbone import available_layers
 
 CONFIG = Path(__file__).parents[1] / "configs" / "hlgfa.yaml"
 COMPONENT_ARGUMENTS = {"pre_processor", "post_processor", "evaluator", "visualizer"}
@@ -34,3 +35,16 @@ def test_anomalib_cli_parses_the_config(tmp_path: Path) -> None:
     printed = yaml.safe_load(result.stdout)
     assert printed["model"]["class_path"] == "anomalib_hlgfa.Hlgfa"
     assert printed["model"]["init_args"]["layers"] == ["blocks.2", "blocks.4"]
+
+
+def test_wide_resnet50_config_names_valid_layers_and_parses(tmp_path: Path) -> None:
+    config = CONFIG.with_name("hlgfa_wide_resnet50.yaml")
+    init_args = yaml.safe_load(config.read_text())["model"]["init_args"]
+    assert init_args["backbone"] == "wide_resnet50_2"
+    # Checked without weights (meta device): no hub needed for the names.
+    assert set(init_args["layers"]) <= set(available_layers("wide_resnet50_2"))
+    anomalib = Path(sys.executable).with_name("anomalib")
+    command = [str(anomalib), "train", "--config", str(config), "--data", "anomalib.data.MVTecAD", "--print_config"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert yaml.safe_load(result.stdout)["model"]["init_args"]["layers"] == ["layer1", "layer2", "layer3"]
