@@ -28,17 +28,35 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from .anomaly_map import ScoreReduction
+from .augmentation import Nuisance, NuisanceAugmentation, NuisanceConfig
 from .loss import AlignmentLoss
 from .quantization import quantize_backbone
 from .torch_model import DEFAULT_BACKBONE, DEFAULT_LAYERS, HlgfaModel
 
 if TYPE_CHECKING:
     import openvino as ov
+
+
+class AugmentTrainingBatches(Callback):
+    """Add the model's nuisances to each training batch, on its device, before the pre-processor.
+
+    Lightning runs a model's callbacks in the order ``configure_callbacks`` returns them, so this one adds
+    nuisances to the ``[0, 1]`` images before the pre-processor resizes and normalises them. It only
+    has a training hook: validation (which fits the thresholds), test and predict see the images as they are.
+    """
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: "Hlgfa", batch: Batch, batch_idx: int) -> None:
+        """Replace the batch's images with augmented ones."""
+        del trainer, batch_idx  # Unused
+        if pl_module.augmentation is not None:
+            batch.image = pl_module.augmentation(batch.image)
+
 
 # Arguments that define the network or its computation: a checkpoint only fits a model built with its values.
 ARCHITECTURE_ARGUMENTS = (
@@ -77,6 +95,10 @@ class Hlgfa(AnomalibModule):
         score_reduction (ScoreReduction | str): Image score from the map: ``"max"`` or ``"topk_mean"``.
             Defaults to ``"max"``.
         topk_ratio (float): Fraction of pixels averaged by ``"topk_mean"``. Defaults to ``0.01``.
+        augmentation (NuisanceConfig | None): Noise-aware augmentation of the training images (dust,
+            fibres, stains, illumination, sensor noise, blur), applied to training batches only, never in
+            validation, test or predict. ``None`` trains on the images as they are. Defaults to
+            ``NuisanceConfig()``, the measured defaults.
         learning_rate (float): AdamW learning rate. Defaults to ``1e-3``.
         weight_decay (float): AdamW weight decay. Defaults to ``1e-4``.
         max_epochs (int | None): Training epochs; it sets the trainer's ``max_epochs``, and validation
@@ -95,7 +117,7 @@ class Hlgfa(AnomalibModule):
     @classmethod
     def checkpoint_safe_globals(cls) -> Sequence[Any]:
         """Allowlist ``ScoreReduction`` for ``weights_only`` checkpoint loads."""
-        return (ScoreReduction,)
+        return (ScoreReduction, NuisanceConfig, Nuisance)
 
     def __init__(
         self,
@@ -109,6 +131,7 @@ class Hlgfa(AnomalibModule):
         anomaly_map_sigma: float = 4.0,
         score_reduction: ScoreReduction | str = ScoreReduction.MAX,
         topk_ratio: float = 0.01,
+        augmentation: NuisanceConfig | None = NuisanceConfig(),  # noqa: B008 (frozen, so safe to share)
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-4,
         max_epochs: int | None = 10,
@@ -142,6 +165,7 @@ class Hlgfa(AnomalibModule):
             topk_ratio=topk_ratio,
         )
         self.loss = AlignmentLoss()
+        self.augmentation = NuisanceAugmentation(augmentation) if augmentation is not None else None
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.max_epochs = max_epochs
@@ -214,6 +238,13 @@ class Hlgfa(AnomalibModule):
                 "post_processor=False to train without thresholds."
             )
             raise ValueError(msg)
+        if self.augmentation is not None:
+            # Reproducible per fit, and different nuisances on each distributed process.
+            self.augmentation.reseed(self.augmentation.config.seed + self.global_rank)
+
+    def configure_callbacks(self) -> list[Callback]:
+        """Put the training augmentation first, so that it sees images before the pre-processor does."""
+        return [AugmentTrainingBatches(), *super().configure_callbacks()]
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Align refined low-resolution features with high-resolution features of normal images.

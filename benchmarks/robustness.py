@@ -1,0 +1,274 @@
+"""Nuisance robustness: do dust, hairs, stains, light, noise, blur and unseen artefacts raise false alarms?
+
+For each category it builds a nuisance test set from the real test split: every normal test image gets
+one nuisance family that training never uses (JPEG artefacts or a lens smudge, chosen per image) and
+each training family (dust, fibres, stains, illumination, noise, blur; default strengths) with
+probability 0.5, drawn with a seed training does not use; the images keep their normal label. The
+defective test images and their masks stay as they are. Then, per model, it trains on the clean
+training images, fits the thresholds on the clean test split (anomalib's default validation) and
+reports on both test sets: image AUROC, pixel AUROC, and the share of normal images flagged at the
+post-processor's image threshold (false-positive rate).
+
+Models: ``hlgfa`` (with its default noise-aware augmentation), ``hlgfa_no_augmentation`` and
+``patchcore_subset`` (PatchCore on the same lite0 backbone, as in ``compare.py``).
+
+Usage::
+
+    python benchmarks/robustness.py --root ../shared/data --categories magnetic_tile solar_cell \
+        --output results/robustness
+
+Kept results (``OUTPUT/jobs/CATEGORY__MODEL.json``) are reused unless ``--rerun``; the table goes to
+``OUTPUT/robustness.md`` and ``OUTPUT/robustness.csv``.
+"""
+
+import argparse
+import csv
+import json
+import math
+import platform
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms.v2.functional import jpeg
+
+from anomalib_hlgfa.augmentation import FAMILIES, Nuisance, NuisanceAugmentation, NuisanceConfig
+
+MODELS = ("hlgfa", "hlgfa_no_augmentation", "patchcore_subset")
+NUISANCE_SEED = 20261124  # training draws from seed 0 (+ rank)
+HELD_OUT = ("jpeg", "lens_smudge")
+
+
+def lens_smudge(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A greasy patch on the lens: a large soft region blurred and veiled towards white.
+
+    Args:
+        image (torch.Tensor): One image in ``[0, 1]``, shape ``(1, C, H, W)``.
+        generator (torch.Generator): Random generator.
+
+    Returns:
+        torch.Tensor: The smudged image, shape ``(1, C, H, W)``.
+    """
+    from kornia.filters import gaussian_blur2d
+
+    height, width = image.shape[-2:]
+    side = min(height, width)
+    rand = torch.rand(5, generator=generator).tolist()
+    sigma = (2 + 3 * rand[0]) * side / 256
+    blurred = gaussian_blur2d(image, 2 * math.ceil(3 * sigma) + 1, (sigma, sigma))
+    veil = 0.1 + 0.15 * rand[1]
+    hazy = blurred * (1 - veil) + veil
+    y = torch.arange(height).view(-1, 1).float()
+    x = torch.arange(width).view(1, -1).float()
+    radius = (0.15 + 0.15 * rand[2]) * side
+    centre_y, centre_x = rand[3] * height, rand[4] * width
+    region = torch.exp(-0.5 * ((y - centre_y) ** 2 + (x - centre_x) ** 2) / radius**2)
+    return image * (1 - region) + hazy * region
+
+
+def jpeg_artefacts(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Re-encode as JPEG at quality 10-30: block and ringing artefacts.
+
+    Args:
+        image (torch.Tensor): One image in ``[0, 1]``, shape ``(1, C, H, W)``.
+        generator (torch.Generator): Random generator.
+
+    Returns:
+        torch.Tensor: The decoded image, shape ``(1, C, H, W)``.
+    """
+    quality = int(torch.randint(10, 31, (1,), generator=generator))
+    encoded = jpeg((image[0] * 255).round().to(torch.uint8), quality=quality)
+    return encoded.float().unsqueeze(0) / 255
+
+
+def build_nuisance_split(root: Path, category: str, output: Path) -> dict[str, str]:
+    """Write the nuisance test set of one category in MVTec layout under ``output``.
+
+    Normal test images are rewritten with nuisances; defective images, masks and the training folder are
+    symbolic links to the originals. The folder appears complete or not at all.
+
+    Args:
+        root (Path): Data root with ``CATEGORY/{train,test,ground_truth}``.
+        category (str): Category.
+        output (Path): Root of the nuisance data set.
+
+    Returns:
+        dict[str, str]: The held-out family each normal test image got, by file name.
+    """
+    source, target = root / category, output / category
+    record = target / "held_out.json"
+    if record.exists():
+        return json.loads(record.read_text())
+    partial = output / f".{category}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    (partial / "test" / "good").mkdir(parents=True)
+    for name in ("train", "ground_truth"):
+        (partial / name).symlink_to((source / name).resolve(), target_is_directory=True)
+    for defect in sorted(p for p in (source / "test").iterdir() if p.is_dir() and p.name != "good"):
+        (partial / "test" / defect.name).symlink_to(defect.resolve(), target_is_directory=True)
+
+    generator = torch.Generator().manual_seed(NUISANCE_SEED)
+    trained = NuisanceConfig(
+        **{name: Nuisance(0.5, getattr(NuisanceConfig(), name).strength) for name in FAMILIES}, seed=NUISANCE_SEED
+    )
+    augment = NuisanceAugmentation(trained)
+    held_out = {}
+    for path in sorted((source / "test" / "good").iterdir()):
+        with Image.open(path) as opened:
+            grey = opened.mode in {"L", "I;16", "I"}
+            array = np.asarray(opened.convert("RGB"), dtype=np.float32) / 255
+        image = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
+        family = HELD_OUT[int(torch.randint(0, 2, (1,), generator=generator))]
+        image = augment(image)
+        image = (jpeg_artefacts if family == "jpeg" else lens_smudge)(image, generator).clamp(0, 1)
+        pixels = (image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        out = Image.fromarray(pixels.mean(2).round().astype(np.uint8), "L") if grey else Image.fromarray(pixels)
+        out.save(partial / "test" / "good" / f"{path.stem}.png")
+        held_out[f"{path.stem}.png"] = family
+    (partial / "held_out.json").write_text(json.dumps(held_out, indent=1))
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return held_out
+
+
+def build(name: str, image_size: tuple[int, int]):  # noqa: ANN201
+    """The model called ``name``, untrained."""
+    from baselines import build_model
+
+    from anomalib_hlgfa import Hlgfa
+
+    if name == "hlgfa_no_augmentation":
+        return Hlgfa(image_size=image_size, augmentation=None)
+    return build_model(name, image_size)
+
+
+def evaluate(engine, model, datamodule, held_out: dict[str, str] | None) -> dict:  # noqa: ANN001
+    """Image and pixel AUROC and the false-positive rate on normals, from ``engine.predict`` on the test split."""
+    from anomalib.metrics import AUROC
+
+    image_auroc = AUROC(fields=["pred_score", "gt_label"])
+    pixel_auroc = AUROC(fields=["anomaly_map", "gt_mask"], strict=False)
+    flagged, names = [], []
+    for batch in engine.predict(model=model, dataloaders=datamodule.test_dataloader()):
+        image_auroc.update(batch)
+        pixel_auroc.update(batch)
+        for path, label, prediction in zip(batch.image_path, batch.gt_label, batch.pred_label, strict=True):
+            if not bool(label):
+                flagged.append(bool(prediction))
+                names.append(Path(path).name)
+    result = {
+        "image_auroc": float(image_auroc.compute()),
+        "pixel_auroc": float(pixel_auroc.compute()),
+        "fpr": float(np.mean(flagged)),
+        "normals": len(flagged),
+    }
+    if held_out is not None:
+        for family in HELD_OUT:
+            chosen = [f for f, n in zip(flagged, names, strict=True) if held_out[n] == family]
+            result[f"fpr_{family}"] = float(np.mean(chosen)) if chosen else None
+    return result
+
+
+def run_job(model_name: str, category: str, args: argparse.Namespace, held_out: dict[str, str]) -> dict:
+    """Train one model on the clean training split; evaluate it on the clean and the nuisance test splits."""
+    from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+
+    seed_everything(args.seed, workers=True)
+    image_size = (args.image_size, args.image_size)
+    model = build(model_name, image_size)
+    model.visualizer = None
+
+    def datamodule(root: Path) -> MVTecAD:
+        module = MVTecAD(
+            root=root, category=category, train_batch_size=32, eval_batch_size=32, num_workers=0, seed=args.seed
+        )
+        module.setup()
+        return module
+
+    clean = datamodule(args.root)
+    if model_name == "patchcore_subset":
+        keep = torch.randperm(len(clean.train_data), generator=torch.Generator().manual_seed(args.seed))
+        clean.train_data = clean.train_data.subsample(sorted(keep[: args.patchcore_subset].tolist()))
+    engine = Engine(default_root_dir=args.output / "runs" / f"{category}__{model_name}", logger=False)
+    start = time.perf_counter()
+    engine.fit(model=model, datamodule=clean)
+    fit_s = time.perf_counter() - start
+    return {
+        "model": model_name,
+        "category": category,
+        "fit_s": fit_s,
+        "image_threshold": float(model.post_processor.image_threshold),
+        "clean": evaluate(engine, model, clean, None),
+        "nuisance": evaluate(engine, model, datamodule(args.output / "data"), held_out),
+    }
+
+
+def write_table(rows: list[dict], args: argparse.Namespace) -> str:
+    """Markdown and CSV of the results, with the drops the targets are about."""
+    header = [
+        "category", "model", "image AUROC clean", "image AUROC nuisance", "drop", "pixel AUROC clean",
+        "pixel AUROC nuisance", "FPR clean normals", "FPR nuisance normals", "FPR jpeg", "FPR lens smudge",
+    ]  # fmt: skip
+    table = []
+    for row in rows:
+        clean, nuisance = row["clean"], row["nuisance"]
+        table.append([
+            row["category"], row["model"], f"{clean['image_auroc']:.3f}", f"{nuisance['image_auroc']:.3f}",
+            f"{clean['image_auroc'] - nuisance['image_auroc']:.3f}", f"{clean['pixel_auroc']:.3f}",
+            f"{nuisance['pixel_auroc']:.3f}", f"{clean['fpr']:.3f}", f"{nuisance['fpr']:.3f}",
+            f"{nuisance['fpr_jpeg']:.3f}", f"{nuisance['fpr_lens_smudge']:.3f}",
+        ])  # fmt: skip
+    with (args.output / "robustness.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([header, *table])
+    lines = [
+        f"Nuisance robustness, {datetime.now(UTC):%Y-%m-%d}, {platform.machine()} {platform.processor() or ''}, "
+        f"torch threads {torch.get_num_threads()}, image size {args.image_size}, seed {args.seed}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(r) + " |" for r in table),
+    ]
+    text = "\n".join(lines) + "\n"
+    (args.output / "robustness.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, required=True, help="MVTec-layout data root.")
+    parser.add_argument("--categories", nargs="+", default=["magnetic_tile", "solar_cell"])
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--output", type=Path, default=Path("results/robustness"))
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0, help="Training seed (the nuisance set has its own).")
+    parser.add_argument("--patchcore-subset", type=int, default=200, help="Training images for PatchCore.")
+    parser.add_argument("--rerun", action="store_true", help="Ignore kept results and run every job again.")
+    args = parser.parse_args()
+
+    jobs = args.output / "jobs"
+    jobs.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for category in args.categories:
+        start = time.perf_counter()
+        held_out = build_nuisance_split(args.root, category, args.output / "data")
+        print(f"{category}: nuisance test set ready ({time.perf_counter() - start:.0f} s)", flush=True)
+        for model_name in args.models:
+            kept = jobs / f"{category}__{model_name}.json"
+            if kept.exists() and not args.rerun:
+                rows.append(json.loads(kept.read_text()))
+                continue
+            row = run_job(model_name, category, args, held_out)
+            kept.write_text(json.dumps(row, indent=2))
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    print(write_table(rows, args))
+
+
+if __name__ == "__main__":
+    main()
