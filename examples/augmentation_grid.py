@@ -72,7 +72,7 @@ def main() -> None:
     figure.tight_layout()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     temporary = args.output.with_suffix(".tmp.png")
-    figure.savefig(temporary, dpi=110)
+    figure.savefig(temporary, dpi=80)
     temporary.replace(args.output)  # never leave a half-written picture at the output path
     print(f"wrote {args.output}")
 

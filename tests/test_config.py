@@ -1,5 +1,6 @@
 """configs/hlgfa.yaml documents every argument of Hlgfa, with its real default."""
 
+import dataclasses
 import inspect
 import subprocess
 import sys
@@ -15,6 +16,8 @@ COMPONENT_ARGUMENTS = {"pre_processor", "post_processor", "evaluator", "visualiz
 
 
 def _normalise(value: object) -> object:
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
     return list(value) if isinstance(value, tuple) else getattr(value, "value", value)
 
 
