@@ -35,7 +35,7 @@ from torch.nn import functional as F  # noqa: N812
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_hlgfa import Hlgfa
-from anomalib_hlgfa.anomaly_map import AnomalyMapGenerator
+from anomalib_hlgfa.anomaly_map import AnomalyMapGenerator, misalignment_map
 from anomalib_hlgfa.loss import AlignmentLoss
 from anomalib_hlgfa.torch_model import HlgfaModel, RefinementHead
 
@@ -85,6 +85,7 @@ VARIANTS = [
     Variant("hidden channels 128", hidden_channels=128),
     Variant("structure window 2", structure_window=2),
     Variant("fusion: max over levels", fusion="max"),
+    Variant("fusion: per-level normalised mean", fusion="normalised_mean", score_reductions=("max", "topk_mean")),
 ]
 
 
@@ -151,7 +152,26 @@ def head_inputs(features: dict, variant: Variant, index: torch.Tensor | slice) -
 
 
 @torch.no_grad()
-def evaluate(heads: torch.nn.ModuleList, test: dict, variant: Variant, size: tuple[int, int]) -> dict:
+def level_statistics(heads: torch.nn.ModuleList, train: dict, variant: Variant) -> list[tuple[float, float]]:
+    """Mean and standard deviation of each level's misalignment on the training images (normal)."""
+    heads.eval()
+    per_level = [[] for _ in variant.layers]
+    for start in range(0, len(train["labels"]), 32):
+        lows, highs = head_inputs(train["features"], variant, slice(start, start + 32))
+        for values, head, low, high in zip(per_level, heads, lows, highs, strict=True):
+            values.append(misalignment_map(head(low, high), high).flatten())
+    heads.train()
+    return [(float(torch.cat(v).mean()), float(torch.cat(v).std())) for v in per_level]
+
+
+@torch.no_grad()
+def evaluate(
+    heads: torch.nn.ModuleList,
+    test: dict,
+    variant: Variant,
+    size: tuple[int, int],
+    statistics: list[tuple[float, float]] | None = None,
+) -> dict:
     """Image AUROC, pixel AUROC and AUPRO of the current heads, per score reduction."""
     heads.eval()
     generator = AnomalyMapGenerator(sigma=4.0)
@@ -161,9 +181,13 @@ def evaluate(heads: torch.nn.ModuleList, test: dict, variant: Variant, size: tup
         predictions = [head(low, high) for head, low, high in zip(heads, lows, highs, strict=True)]
         if variant.fusion == "mean":
             anomaly_map, _ = generator(predictions, highs, size)
-        else:  # max over the per-level maps, each upsampled and smoothed as the generator does
+        else:  # the per-level maps, each upsampled and smoothed as the generator does
             per_level = [generator([p], [h], size)[0] for p, h in zip(predictions, highs, strict=True)]
-            anomaly_map = torch.stack(per_level).amax(dim=0)
+            if variant.fusion == "max":
+                anomaly_map = torch.stack(per_level).amax(dim=0)
+            else:  # "normalised_mean": each level in standard deviations of its normal misalignment
+                normalised = [(m - mean) / std for m, (mean, std) in zip(per_level, statistics, strict=True)]
+                anomaly_map = torch.stack(normalised).mean(dim=0)
         maps.append(anomaly_map)
     heads.train()
     anomaly_maps = torch.cat(maps)
@@ -203,7 +227,9 @@ def run_variant(data: dict, variant: Variant, seed: int, size: tuple[int, int]) 
             loss.backward()
             optimizer.step()
         if epoch in variant.epochs:
-            results[epoch] = {"train_loss": float(loss), **evaluate(heads, data["test"], variant, size)}
+            normalised = variant.fusion == "normalised_mean"
+            statistics = level_statistics(heads, data["train"], variant) if normalised else None
+            results[epoch] = {"train_loss": float(loss), **evaluate(heads, data["test"], variant, size, statistics)}
     results["train_s"] = time.perf_counter() - start
     return results
 
