@@ -88,8 +88,8 @@ def jpeg_artefacts(image: torch.Tensor, generator: torch.Generator) -> torch.Ten
 def build_nuisance_split(root: Path, category: str, output: Path) -> dict[str, str]:
     """Write the nuisance test set of one category in MVTec layout under ``output``.
 
-    Normal test images are rewritten with nuisances; defective images, masks and the training folder are
-    symbolic links to the originals. The folder appears complete or not at all.
+    Normal test images are rewritten with nuisances; defective images and masks are copied unchanged. The
+    folder appears complete or not at all.
 
     Args:
         root (Path): Data root with ``CATEGORY/{train,test,ground_truth}``.
@@ -106,10 +106,14 @@ def build_nuisance_split(root: Path, category: str, output: Path) -> dict[str, s
     partial = output / f".{category}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     (partial / "test" / "good").mkdir(parents=True)
-    for name in ("train", "ground_truth"):
-        (partial / name).symlink_to((source / name).resolve(), target_is_directory=True)
-    for defect in sorted(p for p in (source / "test").iterdir() if p.is_dir() and p.name != "good"):
-        (partial / "test" / defect.name).symlink_to(defect.resolve(), target_is_directory=True)
+    # Copies of the defective images and masks (anomalib refuses symlinks that leave the data root); the
+    # training images are not needed: models train on the clean data set.
+    for original in sorted(p for p in source.glob("*/*/*") if p.is_file() and p.parts[-3] != "train"):
+        if original.parent == source / "test" / "good":
+            continue
+        copy = partial / original.relative_to(source)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(original, copy)
 
     generator = torch.Generator().manual_seed(NUISANCE_SEED)
     trained = NuisanceConfig(

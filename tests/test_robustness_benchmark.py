@@ -1,0 +1,58 @@
+"""The nuisance test set of benchmarks/robustness.py: normals changed, defects and masks untouched."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from anomalib.data import MVTecAD
+from PIL import Image
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def _robustness():
+    sys.path.insert(0, str(BENCHMARKS))  # robustness.py imports its sibling baselines.py
+    try:
+        spec = importlib.util.spec_from_file_location("robustness", BENCHMARKS / "robustness.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+def test_nuisance_split_changes_normals_only(tiny_dataset: Path, tmp_path: Path) -> None:
+    robustness = _robustness()
+    output = tmp_path / "nuisance"
+    held_out = robustness.build_nuisance_split(tiny_dataset, "gravel", output)
+
+    source, target = tiny_dataset / "gravel", output / "gravel"
+    normals = sorted((source / "test" / "good").iterdir())
+    assert sorted(held_out) == [p.name for p in normals]
+    assert set(held_out.values()) <= set(robustness.HELD_OUT)
+    for path in normals:
+        before = np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+        after = np.asarray(Image.open(target / "test" / "good" / path.name).convert("RGB"), dtype=np.int16)
+        assert after.shape == before.shape
+        assert np.abs(after - before).mean() > 0.5, f"{path.name} was not changed"
+    # Defective images and their masks are unchanged copies: anomalib reads the same labels and masks.
+    clean, nuisance = MVTecAD(root=tiny_dataset, category="gravel"), MVTecAD(root=output, category="gravel")
+    clean.setup()
+    nuisance.setup()
+
+    def rows(samples, root: Path) -> list[tuple]:
+        relative = [
+            (Path(p).relative_to(root), m and Path(m).relative_to(root))
+            for p, m in samples[["image_path", "mask_path"]].fillna("").to_numpy()
+        ]
+        return [(*paths, label) for paths, label in zip(relative, samples.label_index.tolist(), strict=True)]
+
+    assert rows(clean.test_data.samples, tiny_dataset) == rows(nuisance.test_data.samples, output)
+    for path in (source / "test").glob("[!g]*/*.png"):  # every defect folder (not good)
+        assert (target / path.relative_to(source)).read_bytes() == path.read_bytes()
+    # Kept: a second call reuses the set instead of drawing a new one.
+    assert robustness.build_nuisance_split(tiny_dataset, "gravel", output) == held_out
+    assert json.loads((target / "held_out.json").read_text()) == held_out
+    assert not list(output.glob(".*partial"))
