@@ -83,7 +83,8 @@ class Hlgfa(AnomalibModule):
         backbone (str): timm CNN whose frozen features are aligned. The default,
             ``"tf_efficientnet_lite0"``, loads ImageNet weights offline; other names download from the
             model hub. Defaults to ``"tf_efficientnet_lite0"``.
-        layers (Sequence[str]): Backbone levels to align. Defaults to ``("blocks.2", "blocks.4")``.
+        layers (Sequence[str]): Backbone levels to align. Defaults to ``("blocks.2", "blocks.4", "blocks.6")``
+            (strides 8, 16 and 32; measured in ``docs/ablation.md``).
         pre_trained (bool): Use ImageNet weights; ``False`` only for tests. Defaults to ``True``.
         downsample_factor (int): Integer factor between the input and its low-resolution view.
             Defaults to ``2``.
@@ -92,8 +93,8 @@ class Hlgfa(AnomalibModule):
         structure_window (int): Low-pass window, in feature cells, splitting structure from detail.
             Defaults to ``4``.
         anomaly_map_sigma (float): Gaussian smoothing of the anomaly map, in pixels. Defaults to ``4``.
-        score_reduction (ScoreReduction | str): Image score from the map: ``"max"`` or ``"topk_mean"``.
-            Defaults to ``"max"``.
+        score_reduction (ScoreReduction | str): Image score from the map: ``"max"`` or ``"topk_mean"``
+            (the mean of the top ``topk_ratio`` of pixels). Defaults to ``"topk_mean"``.
         topk_ratio (float): Fraction of pixels averaged by ``"topk_mean"``. Defaults to ``0.01``.
         augmentation (NuisanceConfig | None): Noise-aware augmentation of the training images (dust,
             fibres, stains, illumination, sensor noise, blur), applied to training batches only, never in
@@ -129,7 +130,7 @@ class Hlgfa(AnomalibModule):
         prior_channels: int = 8,
         structure_window: int = 4,
         anomaly_map_sigma: float = 4.0,
-        score_reduction: ScoreReduction | str = ScoreReduction.MAX,
+        score_reduction: ScoreReduction | str = ScoreReduction.TOPK_MEAN,
         topk_ratio: float = 0.01,
         augmentation: NuisanceConfig | None = NuisanceConfig(),  # noqa: B008 (frozen, so safe to share)
         learning_rate: float = 1e-3,

@@ -36,7 +36,7 @@ from .anomaly_map import AnomalyMapGenerator, ScoreReduction
 from .backbone import OFFLINE_BACKBONE, create_feature_extractor
 
 DEFAULT_BACKBONE = OFFLINE_BACKBONE  # ImageNet weights without a model hub
-DEFAULT_LAYERS = ("blocks.2", "blocks.4")
+DEFAULT_LAYERS = ("blocks.2", "blocks.4", "blocks.6")
 
 
 def low_pass(features: torch.Tensor, window: int) -> torch.Tensor:
@@ -210,7 +210,7 @@ class HlgfaModel(nn.Module):
     Args:
         backbone (str): timm CNN name. Defaults to ``"tf_efficientnet_lite0"``, whose ImageNet weights
             load offline.
-        layers (Sequence[str]): Backbone feature levels to align. Defaults to ``("blocks.2", "blocks.4")``.
+        layers (Sequence[str]): Backbone feature levels to align. Defaults to ``("blocks.2", "blocks.4", "blocks.6")``.
         pre_trained (bool): Load ImageNet weights into the backbone. Defaults to ``True``.
         downsample_factor (int): Integer factor between the input and its low-resolution view.
             Defaults to ``2``.
@@ -219,7 +219,7 @@ class HlgfaModel(nn.Module):
         structure_window (int): Low-pass window, in feature cells, splitting structure from detail.
             Defaults to ``4``.
         anomaly_map_sigma (float): Gaussian smoothing of the anomaly map, in input pixels. Defaults to ``4``.
-        score_reduction (ScoreReduction | str): ``"max"`` or ``"topk_mean"`` of the map. Defaults to ``"max"``.
+        score_reduction (ScoreReduction | str): ``"max"`` or ``"topk_mean"`` of the map. Defaults to ``"topk_mean"``.
         topk_ratio (float): Fraction of pixels averaged by ``"topk_mean"``. Defaults to ``0.01``.
     """
 
@@ -233,7 +233,7 @@ class HlgfaModel(nn.Module):
         prior_channels: int = 8,
         structure_window: int = 4,
         anomaly_map_sigma: float = 4.0,
-        score_reduction: ScoreReduction | str = ScoreReduction.MAX,
+        score_reduction: ScoreReduction | str = ScoreReduction.TOPK_MEAN,
         topk_ratio: float = 0.01,
     ) -> None:
         super().__init__()

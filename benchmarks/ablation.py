@@ -77,7 +77,7 @@ VARIANTS = [
     replace(DEFAULT, name="without gate", ablation="no_gate", score_reductions=("max",), epochs=(10,)),
     replace(DEFAULT, name="single resolution", ablation="single_resolution", score_reductions=("max",), epochs=(10,)),
     Variant("levels blocks.1+2+4", layers=("blocks.1", "blocks.2", "blocks.4")),
-    Variant("levels blocks.2+4+6", layers=("blocks.2", "blocks.4", "blocks.6")),
+    Variant("levels blocks.2+4+6", layers=("blocks.2", "blocks.4", "blocks.6"), score_reductions=("max", "topk_mean")),
     Variant("level blocks.4 only", layers=("blocks.4",)),
     Variant("downsample factor 4", downsample_factor=4),
     Variant("prior channels 2", prior_channels=2),

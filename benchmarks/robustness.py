@@ -18,8 +18,9 @@ Usage::
     python benchmarks/robustness.py --root ../shared/data --categories magnetic_tile solar_cell \
         --output results/robustness
 
-Kept results (``OUTPUT/jobs/CATEGORY__MODEL.json``) are reused unless ``--rerun``; the table goes to
-``OUTPUT/robustness.md`` and ``OUTPUT/robustness.csv``.
+Kept results (``OUTPUT/jobs/CATEGORY__MODEL.json``) are reused unless ``--rerun``; ``--report-only``
+writes the table from them. The table goes to ``OUTPUT/robustness.md`` and ``OUTPUT/robustness.csv``.
+``--hlgfa-layers`` and ``--hlgfa-score-reduction`` override HLGFA's defaults (recorded in each result).
 """
 
 import argparse
@@ -149,16 +150,19 @@ def build_nuisance_split(root: Path, category: str, output: Path) -> dict[str, s
     return held_out
 
 
-def build(name: str, image_size: tuple[int, int]):  # noqa: ANN201
-    """The model called ``name``, untrained."""
+def build(name: str, image_size: tuple[int, int], hlgfa_arguments: dict):  # noqa: ANN201
+    """The model called ``name``, untrained; ``hlgfa_arguments`` override HLGFA's defaults."""
     from baselines import build_model
 
     from anomalib_hlgfa import Hlgfa
 
-    if name == "hlgfa_no_augmentation":
-        return Hlgfa(image_size=image_size, augmentation=None)
-    if name == "hlgfa_strong_augmentation":
-        return Hlgfa(image_size=image_size, augmentation=STRONG_AUGMENTATION)
+    augmentation = {
+        "hlgfa": {},
+        "hlgfa_no_augmentation": {"augmentation": None},
+        "hlgfa_strong_augmentation": {"augmentation": STRONG_AUGMENTATION},
+    }
+    if name in augmentation:
+        return Hlgfa(image_size=image_size, **hlgfa_arguments, **augmentation[name])
     return build_model(name, image_size)
 
 
@@ -194,17 +198,23 @@ def run_job(model_name: str, category: str, args: argparse.Namespace, held_out: 
     from anomalib.data import MVTecAD
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
+    from lightning.pytorch.trainer.states import TrainerFn
 
     seed_everything(args.seed, workers=True)
     image_size = (args.image_size, args.image_size)
-    model = build(model_name, image_size)
+    hlgfa_arguments = {
+        name: value
+        for name, value in (("layers", args.hlgfa_layers), ("score_reduction", args.hlgfa_score_reduction))
+        if value is not None
+    }
+    model = build(model_name, image_size, hlgfa_arguments)
     model.visualizer = None
 
     def datamodule(root: Path) -> MVTecAD:
         module = MVTecAD(
             root=root, category=category, train_batch_size=32, eval_batch_size=32, num_workers=0, seed=args.seed
         )
-        module.setup()
+        module.setup(TrainerFn.FITTING)  # as the trainer would: a later setup keeps the subset below
         return module
 
     clean = datamodule(args.root)
@@ -218,6 +228,7 @@ def run_job(model_name: str, category: str, args: argparse.Namespace, held_out: 
     return {
         "model": model_name,
         "category": category,
+        "hlgfa_arguments": hlgfa_arguments if model_name.startswith("hlgfa") else None,
         "fit_s": fit_s,
         "image_threshold": float(model.post_processor.image_threshold),
         "clean": evaluate(engine, model, clean, None),
@@ -264,12 +275,19 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0, help="Training seed (the nuisance set has its own).")
     parser.add_argument("--patchcore-subset", type=int, default=200, help="Training images for PatchCore.")
+    parser.add_argument("--hlgfa-layers", nargs="+", help="HLGFA's layers (default: the model's default).")
+    parser.add_argument("--hlgfa-score-reduction", choices=["max", "topk_mean"], help="HLGFA's image score.")
+    parser.add_argument("--report-only", action="store_true", help="Only write the table from kept results.")
     parser.add_argument("--rerun", action="store_true", help="Ignore kept results and run every job again.")
     args = parser.parse_args()
 
     jobs = args.output / "jobs"
     jobs.mkdir(parents=True, exist_ok=True)
     rows = []
+    if args.report_only:
+        kept = [jobs / f"{c}__{m}.json" for c in args.categories for m in args.models]
+        print(write_table([json.loads(path.read_text()) for path in kept if path.exists()], args))
+        return
     for category in args.categories:
         start = time.perf_counter()
         held_out = build_nuisance_split(args.root, category, args.output / "data")

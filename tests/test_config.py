@@ -37,7 +37,7 @@ def test_anomalib_cli_parses_the_config(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     printed = yaml.safe_load(result.stdout)
     assert printed["model"]["class_path"] == "anomalib_hlgfa.Hlgfa"
-    assert printed["model"]["init_args"]["layers"] == ["blocks.2", "blocks.4"]
+    assert printed["model"]["init_args"]["layers"] == ["blocks.2", "blocks.4", "blocks.6"]
 
 
 def test_wide_resnet50_config_names_valid_layers_and_parses(tmp_path: Path) -> None:

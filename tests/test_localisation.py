@@ -9,7 +9,7 @@ from .conftest import texture_crops
 
 def test_anomaly_map_peaks_at_a_pasted_defect() -> None:
     torch.manual_seed(0)
-    model = HlgfaModel()  # default: lite0 with offline ImageNet weights, blocks.2 + blocks.4
+    model = HlgfaModel()  # default: lite0 with offline ImageNet weights, blocks.2 + blocks.4 + blocks.6
     normal = texture_crops(16, 128, seed=0)
     optimizer = torch.optim.AdamW(model.heads.parameters(), lr=1e-3)
     loss_fn = AlignmentLoss()
