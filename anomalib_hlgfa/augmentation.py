@@ -79,12 +79,12 @@ class NuisanceConfig:
             adds its rank, so that processes draw different nuisances.
     """
 
-    dust: Nuisance = Nuisance(probability=0.3, strength=0.6)
-    fibres: Nuisance = Nuisance(probability=0.2, strength=0.5)
-    stains: Nuisance = Nuisance(probability=0.3, strength=0.25)
-    illumination: Nuisance = Nuisance(probability=0.5, strength=0.2)
-    noise: Nuisance = Nuisance(probability=0.3, strength=0.03)
-    blur: Nuisance = Nuisance(probability=0.3, strength=1.0)
+    dust: Nuisance = Nuisance(probability=0.5, strength=0.6)
+    fibres: Nuisance = Nuisance(probability=0.2, strength=0.5)  # kept rare and faint: fibres look like cracks
+    stains: Nuisance = Nuisance(probability=0.5, strength=0.3)
+    illumination: Nuisance = Nuisance(probability=0.5, strength=0.3)
+    noise: Nuisance = Nuisance(probability=0.5, strength=0.05)
+    blur: Nuisance = Nuisance(probability=0.5, strength=2.0)
     seed: int = 0
 
     @classmethod

@@ -2,16 +2,16 @@
 
 For each category it builds a nuisance test set from the real test split: every normal test image gets
 one nuisance family that training never uses (JPEG artefacts or a lens smudge, chosen per image) and
-each training family (dust, fibres, stains, illumination, noise, blur; default strengths) with
-probability 0.5, drawn with a seed training does not use; the images keep their normal label. The
-defective test images and their masks stay as they are. Then, per model, it trains on the clean
-training images, fits the thresholds on the clean test split (anomalib's default validation) and
-reports on both test sets: image AUROC, pixel AUROC, and the share of normal images flagged at the
-post-processor's image threshold (false-positive rate).
+each training family (dust, fibres, stains, illumination, noise, blur; at the first default's strengths,
+``TEST_SET_FAMILIES``) with probability 0.5, drawn with a seed training does not use; the images keep
+their normal label. The defective test images and their masks stay as they are. Then, per model, it
+trains on the clean training images, fits the thresholds on the clean test split (anomalib's default
+validation) and reports on both test sets: image AUROC, pixel AUROC, and the share of normal images
+flagged at the post-processor's image threshold (false-positive rate).
 
 Models: ``hlgfa`` (with its default noise-aware augmentation), ``hlgfa_no_augmentation`` and
 ``patchcore_subset`` (PatchCore on the same lite0 backbone, as in ``compare.py``); on request
-``hlgfa_strong_augmentation``, a candidate configuration (``STRONG_AUGMENTATION``).
+``hlgfa_mild_augmentation``, the first default (``MILD_AUGMENTATION``).
 
 Usage::
 
@@ -40,17 +40,21 @@ from torchvision.transforms.v2.functional import jpeg
 
 from anomalib_hlgfa.augmentation import FAMILIES, Nuisance, NuisanceAugmentation, NuisanceConfig
 
-MODELS = ("hlgfa", "hlgfa_no_augmentation", "patchcore_subset", "hlgfa_strong_augmentation")
-# A candidate with every family but fibres more frequent and stronger (fibres look like cracks).
-STRONG_AUGMENTATION = NuisanceConfig(
-    dust=Nuisance(0.5, 0.6),
+MODELS = ("hlgfa", "hlgfa_no_augmentation", "patchcore_subset", "hlgfa_mild_augmentation")
+# The first default, measured against today's (more robust on both categories; docs/robustness.md).
+MILD_AUGMENTATION = NuisanceConfig(
+    dust=Nuisance(0.3, 0.6),
     fibres=Nuisance(0.2, 0.5),
-    stains=Nuisance(0.5, 0.3),
-    illumination=Nuisance(0.5, 0.3),
-    noise=Nuisance(0.5, 0.05),
-    blur=Nuisance(0.5, 2.0),
+    stains=Nuisance(0.3, 0.25),
+    illumination=Nuisance(0.5, 0.2),
+    noise=Nuisance(0.3, 0.03),
+    blur=Nuisance(0.3, 1.0),
 )
 NUISANCE_SEED = 20261124  # training draws from seed 0 (+ rank)
+# The test set's training families, fixed so that the test set does not move with the training defaults.
+TEST_SET_FAMILIES = NuisanceConfig(
+    **{family: Nuisance(0.5, getattr(MILD_AUGMENTATION, family).strength) for family in FAMILIES}, seed=NUISANCE_SEED
+)
 HELD_OUT = ("jpeg", "lens_smudge")
 
 
@@ -127,10 +131,7 @@ def build_nuisance_split(root: Path, category: str, output: Path) -> dict[str, s
         shutil.copy2(original, copy)
 
     generator = torch.Generator().manual_seed(NUISANCE_SEED)
-    trained = NuisanceConfig(
-        **{name: Nuisance(0.5, getattr(NuisanceConfig(), name).strength) for name in FAMILIES}, seed=NUISANCE_SEED
-    )
-    augment = NuisanceAugmentation(trained)
+    augment = NuisanceAugmentation(TEST_SET_FAMILIES)
     held_out = {}
     for path in sorted((source / "test" / "good").iterdir()):
         with Image.open(path) as opened:
@@ -159,7 +160,7 @@ def build(name: str, image_size: tuple[int, int], hlgfa_arguments: dict):  # noq
     augmentation = {
         "hlgfa": {},
         "hlgfa_no_augmentation": {"augmentation": None},
-        "hlgfa_strong_augmentation": {"augmentation": STRONG_AUGMENTATION},
+        "hlgfa_mild_augmentation": {"augmentation": MILD_AUGMENTATION},
     }
     if name in augmentation:
         return Hlgfa(image_size=image_size, **hlgfa_arguments, **augmentation[name])
