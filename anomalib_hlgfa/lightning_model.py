@@ -117,7 +117,7 @@ class Hlgfa(AnomalibModule):
 
     @classmethod
     def checkpoint_safe_globals(cls) -> Sequence[Any]:
-        """Allowlist ``ScoreReduction`` for ``weights_only`` checkpoint loads."""
+        """Allowlist ``ScoreReduction`` and the augmentation settings for ``weights_only`` checkpoint loads."""
         return (ScoreReduction, NuisanceConfig, Nuisance)
 
     def __init__(
