@@ -56,3 +56,21 @@ def test_nuisance_split_changes_normals_only(tiny_dataset: Path, tmp_path: Path)
     assert robustness.build_nuisance_split(tiny_dataset, "gravel", output) == held_out
     assert json.loads((target / "held_out.json").read_text()) == held_out
     assert not list(output.glob(".*partial"))
+
+
+def test_operating_point_threshold_from_clean_normals_only() -> None:
+    robustness = _robustness()
+    clean = [[f"good/{i:03d}.png", 0, i / 100] for i in range(100)] + [["crack/a.png", 1, 0.5], ["crack/b.png", 1, 2.0]]
+    # Two nuisance normals above every clean normal (one per held-out family), the rest below.
+    nuisance = [[f"good/{i:03d}.png", 0, i / 200] for i in range(98)]
+    nuisance += [["good/098.png", 0, 5.0], ["good/099.png", 0, 5.0]]
+    held_out = {f"{i:03d}.png": robustness.HELD_OUT[i % 2] for i in range(100)}
+
+    point = robustness.operating_point(clean, nuisance, held_out, clean_fpr=0.05)
+
+    assert point["threshold"] == 0.95  # 5 of the 100 clean normals (0.95 excluded) lie above it
+    assert sum(score > point["threshold"] for _, label, score in clean if not label) == 4
+    assert point["fpr"] == 0.02
+    assert point["fpr_jpeg"] == 0.02  # good/098 is jpeg (even index), good/099 lens smudge
+    assert point["fpr_lens_smudge"] == 0.02
+    assert point["defect_recall_clean"] == 0.5  # 2.0 is above the threshold, 0.5 is not
