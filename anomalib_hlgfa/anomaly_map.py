@@ -9,7 +9,7 @@ The image score is a reduction of the map: its maximum, or the mean of its top-k
 from enum import Enum
 
 import torch
-from anomalib.models.components import GaussianBlur2d
+from kornia.filters import GaussianBlur2d
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
@@ -56,12 +56,16 @@ class AnomalyMapGenerator(nn.Module):
             msg = f"topk_ratio must be in (0, 1], got {topk_ratio}: it is the fraction of pixels averaged."
             raise ValueError(msg)
         self.topk_ratio = topk_ratio
-        self.blur = GaussianBlur2d(sigma=sigma, channels=1) if sigma > 0 else nn.Identity()
-
-    @property
-    def blur_radius(self) -> int:
-        """Half the smoothing kernel's side, in pixels: the reflection padding the map needs."""
-        return max(self.blur.height, self.blur.width) // 2 if isinstance(self.blur, GaussianBlur2d) else 0
+        # anomalib's kernel size for sigma (truncated at 4 sigma), applied as two 1-D passes: the same
+        # Gaussian, 2k instead of k**2 multiplications per pixel. A 33 x 33 convolution was a fifth of
+        # OpenVINO FP32 inference, and half of INT8, where OpenVINO picks a slower kernel for it.
+        self.blur_radius = int(4.0 * sigma + 0.5) if sigma > 0 else 0
+        side = 2 * self.blur_radius + 1
+        self.blur = (
+            GaussianBlur2d((side, side), (sigma, sigma), border_type="reflect", separable=True)
+            if sigma > 0
+            else nn.Identity()
+        )
 
     def forward(
         self,

@@ -69,6 +69,7 @@ ARCHITECTURE_ARGUMENTS = (
     "anomaly_map_sigma",
 )
 ARCHITECTURE_KEY = "hlgfa_architecture"
+OBSOLETE_BLUR_KERNEL = "anomaly_map_generator.blur.kernel"  # saved by versions before the separable blur
 
 
 def _plain(value: Any) -> Any:  # noqa: ANN401
@@ -336,6 +337,9 @@ class Hlgfa(AnomalibModule):
             if name in saved and name in self.hparams and _plain(saved[name]) != _plain(self.hparams[name])
         ]
         state, own = checkpoint.get("state_dict", {}), self.state_dict()
+        # Checkpoints from before the separable blur stored its fixed 2-D kernel; the same Gaussian is rebuilt.
+        for key in [key for key in state if key.endswith(OBSOLETE_BLUR_KERNEL) and key not in own]:
+            del state[key]
         mismatches = [
             *(f"missing from the checkpoint: {key}" for key in own if key not in state),
             *(f"not in this model: {key}" for key in state if key not in own),

@@ -132,8 +132,8 @@ def test_fp32_scope_holds_heads_blur_and_what_follows(
     kept_convolutions = [op for op in convolutions if op.get_friendly_name() in kept]
     heads = len(model.model.heads)
     # Per head: structure and detail projections, input projection, modulation, gate, 2 residual, output;
-    # plus the anomaly map's blur.
-    assert len(kept_convolutions) == 8 * heads + 1
+    # plus the anomaly map's blur (two 1-D passes).
+    assert len(kept_convolutions) == 8 * heads + 2
     assert len(convolutions) > len(kept_convolutions)  # the backbone's convolutions are left to quantise
     output_producers = {result.input_value(0).get_node().get_friendly_name() for result in graph.get_results()}
     assert output_producers <= kept

@@ -169,6 +169,29 @@ def test_cli_test_and_load_from_checkpoint_give_identical_scores(
     assert f"{python_metrics['pixel_AUPRO']:.4f}"[:5] in result.stdout  # the CLI's printed metrics agree
 
 
+def test_checkpoint_with_the_earlier_two_dimensional_blur_kernel_loads(
+    trained: tuple[Hlgfa, Path, dict],
+    tmp_path: Path,
+) -> None:
+    """Checkpoints saved before the separable blur carry its 2-D kernel as a buffer: they still load, unchanged."""
+    from anomalib.models.components import GaussianBlur2d
+
+    model, checkpoint, _ = trained
+    saved = torch.load(checkpoint, weights_only=False)
+    kernel = GaussianBlur2d(sigma=model.model.anomaly_map_generator.blur.sigma[0], channels=1).kernel
+    saved["state_dict"]["model.anomaly_map_generator.blur.kernel"] = kernel
+    earlier = tmp_path / "earlier.ckpt"
+    torch.save(saved, earlier)
+
+    restored = Hlgfa.load_from_checkpoint(earlier)
+
+    images = torch.rand(2, 3, 64, 64)
+    model.eval()
+    restored.eval()
+    with torch.no_grad():
+        assert torch.equal(model(images).anomaly_map, restored(images).anomaly_map)
+
+
 @pytest.mark.parametrize(
     ("override", "named"),
     [
