@@ -125,6 +125,12 @@ def _random_sign(generator: torch.Generator, count: int) -> torch.Tensor:
     return torch.randint(0, 2, (count,), generator=generator, device=generator.device) * 2.0 - 1
 
 
+def _dark_or_bright(generator: torch.Generator, count: int, spread: float) -> torch.Tensor:
+    """Per image, a bright intensity in ``[1 - spread, 1)`` or a dark one in ``[0, spread)``, equally likely."""
+    colour = torch.where(_random_sign(generator, count) > 0, _uniform(generator, (count,), 1 - spread, 1.0), 0.0)
+    return colour + _uniform(generator, (count,), 0.0, spread) * (colour == 0)
+
+
 def _pixel_grid(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel-centre coordinates ``(y, x)``, each of shape ``(1, H, W)``."""
     height, width = images.shape[-2:]
@@ -154,8 +160,7 @@ def add_dust(images: torch.Tensor, strength: float, generator: torch.Generator) 
     y, x = _pixel_grid(images)
     counts = torch.randint(1, 13, (batch,), generator=generator, device=generator.device)
     coverage = torch.zeros(batch, *images.shape[-2:], device=images.device, dtype=images.dtype)
-    colour = torch.where(_random_sign(generator, batch) > 0, _uniform(generator, (batch,), 0.75, 1.0), 0.0)
-    colour = colour + _uniform(generator, (batch,), 0.0, 0.25) * (colour == 0)
+    colour = _dark_or_bright(generator, batch, 0.25)
     for index in range(12):
         centre_y = _uniform(generator, (batch,), 0, images.shape[-2]).view(-1, 1, 1)
         centre_x = _uniform(generator, (batch,), 0, images.shape[-1]).view(-1, 1, 1)
@@ -215,8 +220,7 @@ def add_fibres(images: torch.Tensor, strength: float, generator: torch.Generator
         distance = squared.sqrt()
         half_width = (_uniform(generator, (batch,), 0.001, 0.003) * side).clamp(min=0.35).view(-1, 1, 1)
         opacity = (_uniform(generator, (batch,), 0.5, 1.0) * strength * (index < counts)).view(-1, 1, 1)
-        colour = torch.where(_random_sign(generator, batch) > 0, _uniform(generator, (batch,), 0.7, 1.0), 0.0)
-        colour = colour + _uniform(generator, (batch,), 0.0, 0.3) * (colour == 0)
+        colour = _dark_or_bright(generator, batch, 0.3)
         images = _blend(images, (half_width + 0.5 - distance).clamp(0, 1) * opacity, colour)
     return images
 
