@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from kornia.filters import gaussian_blur2d
 from PIL import Image
 from torchvision.transforms.v2.functional import jpeg
 
@@ -80,7 +81,6 @@ def lens_smudge(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     Returns:
         torch.Tensor: The smudged image, shape ``(1, C, H, W)``.
     """
-    from kornia.filters import gaussian_blur2d
 
     height, width = image.shape[-2:]
     side = min(height, width)
