@@ -13,7 +13,7 @@ post-training quantisation of the backbone, calibrated on the training images: s
 Usage::
 
     python benchmarks/deployment.py --ckpt_path CKPT --root ../shared/data --category solar_cell \
-        --output results/deployment
+        --output results/deployment [--threads N]
 
 It prints a markdown table and writes ``results.json`` and ``results.md`` under ``--output``.
 """
@@ -50,9 +50,9 @@ def torch_predictor(model: Hlgfa) -> Predictor:
     return predict
 
 
-def openvino_predictor(model_xml: Path) -> Predictor:
-    """An exported OpenVINO model compiled for the CPU."""
-    compiled = ov.Core().compile_model(str(model_xml), "CPU")
+def openvino_predictor(model_xml: Path, threads: int) -> Predictor:
+    """An exported OpenVINO model compiled for the CPU, on ``threads`` threads."""
+    compiled = ov.Core().compile_model(str(model_xml), "CPU", {"INFERENCE_NUM_THREADS": threads})
 
     def predict(images: torch.Tensor) -> dict[str, np.ndarray]:
         results = compiled(images.numpy())
@@ -101,7 +101,11 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("results/deployment"), help="Folder for the results.")
     parser.add_argument("--repeats", type=int, default=10, help="Timed calls per configuration.")
     parser.add_argument("--num_workers", type=int, default=2, help="Data-loader workers.")
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="Inference threads, torch and OpenVINO alike."
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     model = Hlgfa.load_from_checkpoint(args.ckpt_path, map_location="cpu").eval()
     map_size = tuple(model.input_size)
@@ -121,8 +125,8 @@ def main() -> None:
 
     predictors = {
         "torch FP32": torch_predictor(model),
-        "OpenVINO FP32": openvino_predictor(fp32_xml),
-        "OpenVINO INT8": openvino_predictor(int8_xml),
+        "OpenVINO FP32": openvino_predictor(fp32_xml, args.threads),
+        "OpenVINO INT8": openvino_predictor(int8_xml, args.threads),
     }
     test = MVTecAD(root=args.root, category=args.category, eval_batch_size=16, num_workers=args.num_workers)
     test.setup("test")
@@ -158,7 +162,7 @@ def main() -> None:
         "checkpoint": str(args.ckpt_path),
         "data": f"{args.root}/{args.category}",
         "input": f"test images at stored size {tuple(speed_images.shape[-2:])}, model input {map_size}",
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads (torch and OpenVINO)",
         "openvino": ov.__version__,
         "torch": torch.__version__,
         "export_seconds": {"FP32": round(fp32_export_seconds, 1), "INT8_PTQ": round(int8_export_seconds, 1)},
