@@ -51,6 +51,7 @@ COLUMNS = (
     "test_s",
     "throughput_b32_img_s",
     "latency_b1_ms",
+    "threads",
     "train_peak_rss_gb",
     "infer_peak_rss_gb",
     "checkpoint_mb",
@@ -267,7 +268,7 @@ def run_job(model: str, category: str, args: argparse.Namespace) -> dict:
     ]
     if args.efficient_ad_assets:
         common += ["--efficient-ad-assets", args.efficient_ad_assets]
-    row: dict = {"category": category, "model": model}
+    row: dict = {"category": category, "model": model, "threads": args.threads}
     budget = trainer_budget(model, args)
     row["budget"] = " ".join(f"{k}={v}" for k, v in budget.items()) or "model default"
     for stage in ("fit", "infer"):
@@ -322,11 +323,11 @@ def write_outputs(rows: list[dict], args: argparse.Namespace) -> None:
 
     header = (
         "| category | model | image AUROC | image F1 | pixel AUROC | AUPRO | fit s | fit CPU s | test s | img/s b32 "
-        "| ms b1 | train GB | infer GB | ckpt MB | train imgs | budget |"
+        "| ms b1 | threads | train GB | infer GB | ckpt MB | train imgs | budget |"
     )
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
-        f"{args.threads}; date {datetime.now(UTC):%Y-%m-%d}; seed {args.seed}; image size {args.image_size}.",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads per job "
+        f"in the threads column; date {datetime.now(UTC):%Y-%m-%d}; seed {args.seed}; image size {args.image_size}.",
         "",
         header,
         "|" + "---|" * (header.count("|") - 1),
@@ -338,7 +339,7 @@ def write_outputs(rows: list[dict], args: argparse.Namespace) -> None:
         cells = [row["category"], row["model"]]
         cells += [fmt(row.get(key)) for key in ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO")]
         cells += [fmt(row.get(key), 0) for key in ("fit_s", "fit_cpu_s", "test_s")]
-        cells += [fmt(row.get("throughput_b32_img_s"), 1), fmt(row.get("latency_b1_ms"), 0)]
+        cells += [fmt(row.get("throughput_b32_img_s"), 1), fmt(row.get("latency_b1_ms"), 0), fmt(row.get("threads"))]
         cells += [fmt(row.get(key), 2) for key in ("train_peak_rss_gb", "infer_peak_rss_gb")]
         cells += [fmt(row.get("checkpoint_mb"), 1), fmt(row.get("train_images")), row.get("budget", "")]
         lines.append("| " + " | ".join(cells) + " |")
