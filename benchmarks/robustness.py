@@ -11,7 +11,7 @@ flagged at the post-processor's image threshold (false-positive rate).
 
 Models: ``hlgfa`` (with its default noise-aware augmentation), ``hlgfa_no_augmentation`` and
 ``patchcore_subset`` (PatchCore on the same lite0 backbone, as in ``compare.py``); on request
-``hlgfa_mild_augmentation`` (the first default, ``MILD_AUGMENTATION``) and two candidates beyond today's
+``hlgfa_mild_augmentation`` (the first default, ``MILD_AUGMENTATION``) and three candidates beyond today's
 default: ``hlgfa_heavy_augmentation``, ``hlgfa_fibre_augmentation`` and
 ``hlgfa_heavy_light_dust_augmentation`` (``*_AUGMENTATION`` in the script).
 
