@@ -7,7 +7,9 @@ each training family (dust, fibres, stains, illumination, noise, blur; at the fi
 their normal label. The defective test images and their masks stay as they are. Then, per model, it
 trains on the clean training images, fits the thresholds on the clean test split (anomalib's default
 validation) and reports on both test sets: image AUROC, pixel AUROC, and the share of normal images
-flagged at the post-processor's image threshold (false-positive rate).
+flagged at the post-processor's image threshold (false-positive rate), and, at a fixed operating point
+(the threshold that flags 5 % of the clean normals), the share of nuisance normals flagged and the
+share of clean defective images caught.
 
 Models: ``hlgfa`` (with its default noise-aware augmentation), ``hlgfa_no_augmentation`` and
 ``patchcore_subset`` (PatchCore on the same lite0 backbone, as in ``compare.py``); on request
@@ -20,8 +22,9 @@ Usage::
     python benchmarks/robustness.py --root ../shared/data --categories magnetic_tile solar_cell \
         --output results/robustness
 
-Kept results (``OUTPUT/jobs/CATEGORY__MODEL.json``) are reused unless ``--rerun``; ``--report-only``
-writes the table from them. The table goes to ``OUTPUT/robustness.md`` and ``OUTPUT/robustness.csv``.
+Kept results (``OUTPUT/jobs/CATEGORY__MODEL__seedN.json``, one per ``--seeds`` entry) are reused unless
+``--rerun``; ``--report-only`` writes the table from them. The table goes to ``OUTPUT/robustness.md`` and
+``OUTPUT/robustness.csv``.
 ``--hlgfa-layers`` and ``--hlgfa-score-reduction`` override HLGFA's defaults (recorded in each result).
 """
 
@@ -344,7 +347,7 @@ def write_table(rows: list[dict], args: argparse.Namespace) -> str:
         csv.writer(handle).writerows([header, *table])
     lines = [
         f"Nuisance robustness, {datetime.now(UTC):%Y-%m-%d}, {platform.machine()} {platform.processor() or ''}, "
-        f"torch threads {torch.get_num_threads()}, image size {args.image_size}. "
+        f"image size {args.image_size}. "
         f"@5%: at the threshold that flags {OPERATING_FPR:.0%} of the clean normal test images.",
         "",
         "| " + " | ".join(header) + " |",
