@@ -314,6 +314,31 @@ def operating_point(clean: list, nuisance: list, held_out: dict[str, str], clean
     return result
 
 
+def per_defect_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: clean image AUROC of each defect type against all clean normals, per job.
+
+    Shows which defects an augmentation teaches the model to overlook (dark specks look like blowholes).
+    """
+    from torchmetrics.functional.classification import binary_auroc
+
+    lines = ["Clean image AUROC per defect type (that type's images against all normal test images):", ""]
+    for category in sorted({row["category"] for row in rows}):
+        chosen = sorted((r for r in rows if r["category"] == category), key=lambda r: (r["model"], r["seed"]))
+        types = sorted({path.split("/")[-2] for row in chosen for path, label, _ in row["clean"]["scores"] if label})
+        lines += [f"| {category} | seed | " + " | ".join(types) + " |", "|---|---|" + "---|" * len(types)]
+        for row in chosen:
+            scored = row["clean"]["scores"]
+            normals = [score for _, label, score in scored if not label]
+            cells = []
+            for kind in types:
+                defects = [score for path, label, score in scored if label and path.split("/")[-2] == kind]
+                labels = torch.tensor([0] * len(normals) + [1] * len(defects))
+                cells.append(f"{float(binary_auroc(torch.tensor(normals + defects), labels)):.3f}")
+            lines.append(f"| {row['model']} | {row.get('seed', 0)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def write_table(rows: list[dict], args: argparse.Namespace) -> str:
     """Markdown and CSV of the results, with the drops the targets are about, and means over seeds."""
     header = [
@@ -353,6 +378,8 @@ def write_table(rows: list[dict], args: argparse.Namespace) -> str:
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
         *("| " + " | ".join(r) + " |" for r in table),
+        "",
+        *per_defect_table(rows),
     ]
     text = "\n".join(lines) + "\n"
     (args.output / "robustness.md").write_text(text)

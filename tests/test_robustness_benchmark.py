@@ -74,3 +74,17 @@ def test_operating_point_threshold_from_clean_normals_only() -> None:
     assert point["fpr_jpeg"] == 0.02  # good/098 is jpeg (even index), good/099 lens smudge
     assert point["fpr_lens_smudge"] == 0.02
     assert point["defect_recall_clean"] == 0.5  # 2.0 is above the threshold, 0.5 is not
+
+
+def test_per_defect_auroc_ranks_each_type_against_all_normals() -> None:
+    robustness = _robustness()
+    scores = [
+        ["test/good/0.png", 0, 0.1],
+        ["test/good/1.png", 0, 0.3],
+        ["test/crack/0.png", 1, 0.9],  # above every normal: AUROC 1
+        ["test/speck/0.png", 1, 0.2],  # between the normals: AUROC 0.5
+    ]
+    row = {"category": "tile", "model": "m", "seed": 0, "clean": {"scores": scores}}
+    lines = robustness.per_defect_table([row])
+    assert "| tile | seed | crack | speck |" in lines
+    assert "| m | 0 | 1.000 | 0.500 |" in lines
