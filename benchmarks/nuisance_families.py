@@ -55,14 +55,18 @@ def variants(normals: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
 
 
 def scores(model: Hlgfa, images: list[torch.Tensor], batch_size: int = 16) -> torch.Tensor:
-    """Normalised image scores ``(N,)`` of ``model`` (pre- and post-processing included)."""
+    """Normalised image scores ``(N,)`` of ``model`` (pre- and post-processing included).
+
+    Images of different sizes (magnetic_tile's vary) go in separate batches; the model resizes each.
+    """
+    batches: list[list[torch.Tensor]] = []
+    for image in images:
+        if batches and len(batches[-1]) < batch_size and batches[-1][0].shape == image.shape:
+            batches[-1].append(image)
+        else:
+            batches.append([image])
     with torch.no_grad():
-        return torch.cat(
-            [
-                model(torch.cat(images[i : i + batch_size])).pred_score.reshape(-1)
-                for i in range(0, len(images), batch_size)
-            ]
-        )
+        return torch.cat([model(torch.cat(batch)).pred_score.reshape(-1) for batch in batches])
 
 
 def main() -> None:
