@@ -323,7 +323,7 @@ def per_defect_table(rows: list[dict]) -> list[str]:
 
     lines = ["Clean image AUROC per defect type (that type's images against all normal test images):", ""]
     for category in sorted({row["category"] for row in rows}):
-        chosen = sorted((r for r in rows if r["category"] == category), key=lambda r: (r["model"], r["seed"]))
+        chosen = sorted((r for r in rows if r["category"] == category), key=lambda r: (r["model"], r.get("seed", 0)))
         types = sorted({path.split("/")[-2] for row in chosen for path, label, _ in row["clean"]["scores"] if label})
         lines += [f"| {category} | seed | " + " | ".join(types) + " |", "|---|---|" + "---|" * len(types)]
         for row in chosen:
