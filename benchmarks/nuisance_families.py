@@ -17,9 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+from anomalib.data.utils import read_image
 from torchmetrics.functional.classification import binary_auroc
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -30,10 +29,8 @@ from anomalib_hlgfa.augmentation import FAMILIES, NuisanceAugmentation, Nuisance
 
 
 def load(path: Path) -> torch.Tensor:
-    """An image file as ``(1, 3, H, W)`` in ``[0, 1]``."""
-    with Image.open(path) as opened:
-        array = np.asarray(opened.convert("RGB"), dtype=np.float32) / 255
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
+    """An image file as ``(1, 3, H, W)`` in ``[0, 1]``, read as anomalib's data modules read it."""
+    return read_image(path, as_tensor=True).unsqueeze(0)
 
 
 def grey_8bit(image: torch.Tensor) -> torch.Tensor:
@@ -90,7 +87,7 @@ def main() -> None:
         model = Hlgfa.load_from_checkpoint(path, map_location="cpu").eval()
         defect_scores = scores(model, defects)
         clean = scores(model, normals)
-        threshold = float(np.quantile(clean.numpy(), 1 - robustness.OPERATING_FPR, method="higher"))
+        threshold = robustness.operating_threshold(clean.tolist())
         for family, images in sets.items():
             normal_scores = clean if family == "clean" else scores(model, images)
             labels = torch.cat([torch.zeros(len(normal_scores)), torch.ones(len(defect_scores))]).int()

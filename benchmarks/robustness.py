@@ -282,6 +282,11 @@ def run_job(model_name: str, category: str, args: argparse.Namespace, held_out: 
     }
 
 
+def operating_threshold(clean_normal_scores: list[float], clean_fpr: float = OPERATING_FPR) -> float:
+    """The lowest score threshold that flags at most ``clean_fpr`` of the clean normal images."""
+    return float(np.quantile(np.asarray(clean_normal_scores), 1 - clean_fpr, method="higher"))
+
+
 def operating_point(clean: list, nuisance: list, held_out: dict[str, str], clean_fpr: float = OPERATING_FPR) -> dict:
     """False alarms on nuisance normals at the threshold that flags at most ``clean_fpr`` of the clean normals.
 
@@ -299,8 +304,7 @@ def operating_point(clean: list, nuisance: list, held_out: dict[str, str], clean
         dict: ``threshold``, ``fpr`` on nuisance normals, ``fpr_<family>`` per held-out family, and the
         defect recall on the clean split at that threshold.
     """
-    clean_normals = np.array([score for _, label, score in clean if not label])
-    threshold = float(np.quantile(clean_normals, 1 - clean_fpr, method="higher"))
+    threshold = operating_threshold([score for _, label, score in clean if not label], clean_fpr)
     normals = [(Path(path).name, score) for path, label, score in nuisance if not label]
     result = {
         "clean_fpr": clean_fpr,
