@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+from kornia.filters import GaussianBlur2d
 
 from anomalib_hlgfa import AlignmentLoss, AnomalyMapGenerator
+from anomalib_hlgfa.anomaly_map import SeparableGaussianBlur
 
 
 def _features_with_one_mismatch(row: int, col: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,6 +24,15 @@ def test_map_peaks_at_the_misaligned_cell_and_has_input_size() -> None:
     assert 16 <= peak_row <= 23
     assert 40 <= peak_col <= 47
     assert score.item() == pytest.approx(anomaly_map.max().item())
+
+
+@pytest.mark.parametrize(("sigma", "height", "width"), [(4.0, 64, 48), (1.5, 9, 20)])
+def test_blur_is_kornias_reflect_gaussian(sigma: float, height: int, width: int) -> None:
+    maps = torch.rand(3, 1, height, width)
+    blur = SeparableGaussianBlur(sigma)
+    side = 2 * blur.radius + 1
+    expected = GaussianBlur2d((side, side), (sigma, sigma), border_type="reflect", separable=True)(maps)
+    assert torch.allclose(blur(maps), expected, atol=1e-6)
 
 
 def test_aligned_features_give_a_zero_map() -> None:

@@ -178,7 +178,7 @@ def test_checkpoint_with_the_earlier_two_dimensional_blur_kernel_loads(
 
     model, checkpoint, _ = trained
     saved = torch.load(checkpoint, weights_only=False)
-    kernel = GaussianBlur2d(sigma=model.model.anomaly_map_generator.blur.sigma[0], channels=1).kernel
+    kernel = GaussianBlur2d(sigma=model.model.anomaly_map_generator.sigma, channels=1).kernel
     saved["state_dict"]["model.anomaly_map_generator.blur.kernel"] = kernel
     earlier = tmp_path / "earlier.ckpt"
     torch.save(saved, earlier)
