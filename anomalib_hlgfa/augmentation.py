@@ -79,12 +79,13 @@ class NuisanceConfig:
             adds its rank, so that processes draw different nuisances.
     """
 
-    dust: Nuisance = Nuisance(probability=0.5, strength=0.6)
-    fibres: Nuisance = Nuisance(probability=0.2, strength=0.5)  # kept rare and faint: fibres look like cracks
-    stains: Nuisance = Nuisance(probability=0.5, strength=0.3)
-    illumination: Nuisance = Nuisance(probability=0.5, strength=0.3)
-    noise: Nuisance = Nuisance(probability=0.5, strength=0.05)
-    blur: Nuisance = Nuisance(probability=0.5, strength=2.0)
+    # Frequent and strong, except dust: rare and faint, since dark specks look like blowholes.
+    dust: Nuisance = Nuisance(probability=0.2, strength=0.4)
+    fibres: Nuisance = Nuisance(probability=0.3, strength=0.6)
+    stains: Nuisance = Nuisance(probability=0.7, strength=0.4)
+    illumination: Nuisance = Nuisance(probability=0.7, strength=0.4)
+    noise: Nuisance = Nuisance(probability=0.7, strength=0.08)
+    blur: Nuisance = Nuisance(probability=0.7, strength=3.0)
     seed: int = 0
 
     @classmethod
