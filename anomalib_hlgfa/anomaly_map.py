@@ -40,7 +40,7 @@ class SeparableGaussianBlur(nn.Module):
     The same filter as kornia's ``GaussianBlur2d(..., border_type="reflect", separable=True)`` (equal to
     float precision), arranged for OpenVINO: a convolution over a one-channel map makes its INT8 CPU
     plugin pick a channels-last layout, in which the convolution and every element-wise op of the
-    post-processor after it ran 4-50x slower (measured: about a fifth of INT8 inference at batch 16). Here
+    post-processor after it ran 3-55x slower (measured: about a fifth of INT8 inference at batch 16). Here
     each pass is a depthwise convolution over ``H`` channels, and the map leaves it in its own layout.
 
     Args:
