@@ -56,7 +56,7 @@ MODELS = (
     "hlgfa_fibre_augmentation",
     "hlgfa_previous_default_augmentation",
 )
-# The first default, measured against today's (more robust on both categories; docs/robustness.md).
+# The first default, measured against the second (which was more robust on both categories; docs/robustness.md).
 MILD_AUGMENTATION = NuisanceConfig(
     dust=Nuisance(0.3, 0.6),
     fibres=Nuisance(0.2, 0.5),
