@@ -72,12 +72,20 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def trainer_budget(model: str, args: argparse.Namespace) -> dict:
-    """Training length per model: one pass for the memory-bank models, a stated budget for the others."""
+def trainer_budget(model: str, args: argparse.Namespace, train_images: int | None = None) -> dict:
+    """Training length per model: one pass for the memory-bank models, a stated budget for the others.
+
+    With ``train_images`` (the fit job), also what that budget needs to run: an EfficientAD budget
+    shorter than an epoch (batch 1: one step per image) must still end with a validation, which
+    computes the map-normalisation quantiles its test needs.
+    """
     if model in {"patchcore", "patchcore_subset", "padim"}:
         return {"max_epochs": 1}
     if model == "efficient_ad":
-        return {"max_steps": args.efficient_ad_steps}
+        budget = {"max_steps": args.efficient_ad_steps}
+        if train_images is not None and args.efficient_ad_steps < train_images:
+            budget["val_check_interval"] = args.efficient_ad_steps
+        return budget
     if model == "reverse_distillation":
         return {"max_epochs": args.rd_epochs}
     return {}  # HLGFA: its own default (Hlgfa.max_epochs)
@@ -120,12 +128,7 @@ def fit_job(args: argparse.Namespace) -> dict:
     train_images = len(datamodule.train_data)
 
     run_dir = Path(args.job_dir) / "run"
-    budget = trainer_budget(args.model, args)
-    if args.model == "efficient_ad" and args.efficient_ad_steps < train_images:  # batch 1: an epoch, one step per image
-        # Its validation computes the map-normalisation quantiles that its test needs: a budget shorter
-        # than an epoch must still end with one.
-        budget["val_check_interval"] = args.efficient_ad_steps
-    engine = Engine(default_root_dir=run_dir, logger=False, **budget)
+    engine = Engine(default_root_dir=run_dir, logger=False, **trainer_budget(args.model, args, train_images))
     start, start_cpu = time.perf_counter(), cpu_seconds()
     engine.fit(model=model, datamodule=datamodule)
     fit_s, fit_cpu_s = time.perf_counter() - start, cpu_seconds() - start_cpu
