@@ -35,6 +35,7 @@ from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from .anomaly_map import ScoreReduction
 from .augmentation import Nuisance, NuisanceAugmentation, NuisanceConfig
+from .backbone import fold_legacy_state_dict
 from .loss import AlignmentLoss
 from .quantization import quantize_backbone
 from .torch_model import DEFAULT_BACKBONE, DEFAULT_LAYERS, HlgfaModel
@@ -70,6 +71,7 @@ ARCHITECTURE_ARGUMENTS = (
 )
 ARCHITECTURE_KEY = "hlgfa_architecture"
 OBSOLETE_BLUR_KERNEL = "anomaly_map_generator.blur.kernel"  # saved by versions before the separable blur
+BACKBONE_STATE_PREFIX = "model.feature_extractor.feature_extractor."
 
 
 def _plain(value: Any) -> Any:  # noqa: ANN401
@@ -340,6 +342,17 @@ class Hlgfa(AnomalibModule):
         # Checkpoints from before the separable blur stored its fixed 2-D kernel; the same Gaussian is rebuilt.
         for key in [key for key in state if key.endswith(OBSOLETE_BLUR_KERNEL) and key not in own]:
             del state[key]
+        # Checkpoints from before batch-norm folding stored the backbone's batch norms: fold them the same way.
+        legacy = {key: state[key] for key in state if key.startswith(BACKBONE_STATE_PREFIX)}
+        if any(key.endswith(".running_mean") and key not in own for key in legacy):
+            for key in legacy:
+                del state[key]
+            folded = fold_legacy_state_dict(
+                {key.removeprefix(BACKBONE_STATE_PREFIX): value for key, value in legacy.items()},
+                self.model.backbone_name,
+                self.model.layers,
+            )
+            state.update({BACKBONE_STATE_PREFIX + key: value for key, value in folded.items()})
         mismatches = [
             *(f"missing from the checkpoint: {key}" for key in own if key not in state),
             *(f"not in this model: {key}" for key in state if key not in own),

@@ -11,6 +11,10 @@ validation split (the test images, for MVTec-layout data). For HLGFA both are wr
   What is quantised is the frozen backbone, where nearly all the compute is, and the few ops that
   read only backbone features (the upsampling of the low-resolution features, the norm of the
   high-resolution features in the cosine).
+- Except the backbone's first convolution of each view, which reads the image: NNCF gives it 7-bit
+  weights (its overflow fix for CPUs without VNNI), and its error reaches every feature level. Kept
+  FP32 it costs about 3 % of INT8 speed and the INT8 image AUROC matches FP32 (solar_cell: 0.8932
+  with it, 0.8778 without, FP32 0.8912).
 """
 
 from typing import TYPE_CHECKING
@@ -32,8 +36,11 @@ def _weight_name(node: "ov.Node") -> str:
     return source.get_friendly_name() if source.get_type_name() == "Constant" else ""
 
 
+CONVOLUTIONS = frozenset({"Convolution", "GroupConvolution"})
+
+
 def fp32_scope(model: "ov.Model") -> "nncf.IgnoredScope":
-    """The refinement heads' convolutions and every op that depends on their output.
+    """The image-reading convolutions, the refinement heads' convolutions and every op depending on the heads.
 
     Args:
         model (ov.Model): Exported HLGFA (FP32).
@@ -47,20 +54,26 @@ def fp32_scope(model: "ov.Model") -> "nncf.IgnoredScope":
     import nncf
 
     ignored: set[str] = set()
+    first_convolutions: set[str] = set()
+    after_convolution: set[str] = set()  # nodes with a convolution upstream
     for node in model.get_ordered_ops():  # topological order: parents come before children
-        is_head = node.get_type_name() in {"Convolution", "GroupConvolution"} and _weight_name(node).startswith(
-            FP32_PREFIXES,
-        )
-        depends_on_head = any(value.get_node().get_friendly_name() in ignored for value in node.input_values())
-        if is_head or depends_on_head:
-            ignored.add(node.get_friendly_name())
+        name = node.get_friendly_name()
+        parents = [value.get_node().get_friendly_name() for value in node.input_values()]
+        is_convolution = node.get_type_name() in CONVOLUTIONS
+        if is_convolution and not any(parent in after_convolution for parent in parents):
+            first_convolutions.add(name)
+        if is_convolution or any(parent in after_convolution for parent in parents):
+            after_convolution.add(name)
+        is_head = is_convolution and _weight_name(node).startswith(FP32_PREFIXES)
+        if is_head or any(parent in ignored for parent in parents):
+            ignored.add(name)
     if not ignored:
         msg = (
             "No HLGFA refinement-head convolution found in the exported graph: expected weights named "
             f"{FP32_PREFIXES}. Export the model with anomalib_hlgfa's Hlgfa."
         )
         raise ValueError(msg)
-    return nncf.IgnoredScope(names=sorted(ignored), validate=False)
+    return nncf.IgnoredScope(names=sorted(ignored | first_convolutions), validate=False)
 
 
 def quantize_backbone(model: "ov.Model", datamodule: "AnomalibDataModule | None") -> "ov.Model":

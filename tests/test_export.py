@@ -121,7 +121,7 @@ def test_int8_quantises_the_backbone_only_and_keeps_scores_apart(
     assert np.abs(output["anomaly_map"] - torch_outputs["anomaly_map"]).mean() < 0.05
 
 
-def test_fp32_scope_holds_heads_blur_and_what_follows(
+def test_fp32_scope_holds_first_convolutions_heads_blur_and_what_follows(
     model_and_inputs: tuple[Hlgfa, torch.Tensor],
     openvino_fp32: Path,
 ) -> None:
@@ -132,8 +132,11 @@ def test_fp32_scope_holds_heads_blur_and_what_follows(
     kept_convolutions = [op for op in convolutions if op.get_friendly_name() in kept]
     heads = len(model.model.heads)
     # Per head: structure and detail projections, input projection, modulation, gate, 2 residual, output;
-    # plus the anomaly map's blur (two 1-D passes).
-    assert len(kept_convolutions) == 8 * heads + 2
+    # plus the anomaly map's blur (two 1-D passes) and the backbone's image-reading convolution of each view.
+    assert len(kept_convolutions) == 8 * heads + 2 + 2
+    reading_images = [op for op in convolutions if op.get_input_partial_shape(0)[1].get_length() == 3]
+    assert len(reading_images) == 2
+    assert {op.get_friendly_name() for op in reading_images} <= kept
     assert len(convolutions) > len(kept_convolutions)  # the backbone's convolutions are left to quantise
     output_producers = {result.input_value(0).get_node().get_friendly_name() for result in graph.get_results()}
     assert output_producers <= kept

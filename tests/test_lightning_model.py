@@ -11,6 +11,7 @@ from anomalib.engine import Engine
 from anomalib.models import get_model
 
 from anomalib_hlgfa import Hlgfa
+from anomalib_hlgfa.backbone import create_feature_extractor
 
 from .conftest import TINY
 from .test_cli import ANOMALIB
@@ -190,6 +191,37 @@ def test_checkpoint_with_the_earlier_two_dimensional_blur_kernel_loads(
     restored.eval()
     with torch.no_grad():
         assert torch.equal(model(images).anomaly_map, restored(images).anomaly_map)
+
+
+def test_checkpoint_with_unfolded_batch_norms_loads_with_the_same_features(
+    trained: tuple[Hlgfa, Path, dict],
+    tmp_path: Path,
+) -> None:
+    """Checkpoints saved before batch-norm folding carry the backbone's batch norms: they are folded on load."""
+    model, checkpoint, _ = trained
+    unfolded = create_feature_extractor(
+        model.model.backbone_name, model.model.layers, pre_trained=False, fold_batch_norm=False
+    )
+    generator = torch.Generator().manual_seed(0)
+    for norm in unfolded.modules():  # statistics a trained network could have, not the identity
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            norm.running_mean.copy_(torch.randn(norm.num_features, generator=generator))
+            norm.running_var.copy_(torch.rand(norm.num_features, generator=generator) + 0.5)
+    saved = torch.load(checkpoint, weights_only=False)
+    prefix = "model.feature_extractor.feature_extractor."
+    saved["state_dict"] = {key: value for key, value in saved["state_dict"].items() if not key.startswith(prefix)}
+    saved["state_dict"] |= {prefix + key: value for key, value in unfolded.feature_extractor.state_dict().items()}
+    earlier = tmp_path / "unfolded.ckpt"
+    torch.save(saved, earlier)
+
+    restored = Hlgfa.load_from_checkpoint(earlier)
+
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in restored.modules())
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, actual = unfolded(images), restored.model.feature_extractor(images)
+    for layer in expected:
+        torch.testing.assert_close(actual[layer], expected[layer], rtol=1e-4, atol=1e-4 * expected[layer].abs().max())
 
 
 @pytest.mark.parametrize(
