@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import nncf
     import openvino as ov
     from anomalib.data import AnomalibDataModule
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
 # Parameter-name prefixes that survive export as constant names, marking HLGFA's own (unquantised) part.
 FP32_PREFIXES = ("model.heads.", "model.anomaly_map_generator.")
@@ -39,11 +40,13 @@ def _weight_name(node: "ov.Node") -> str:
 CONVOLUTIONS = frozenset({"Convolution", "GroupConvolution"})
 
 
-def fp32_scope(model: "ov.Model") -> "nncf.IgnoredScope":
+def fp32_scope(model: "ov.Model", keep_first_convolutions: bool = True) -> "nncf.IgnoredScope":
     """The image-reading convolutions, the refinement heads' convolutions and every op depending on the heads.
 
     Args:
         model (ov.Model): Exported HLGFA (FP32).
+        keep_first_convolutions (bool): Also keep the image-reading convolutions FP32. Defaults to
+            ``True``; ``False`` only to measure what that costs (``benchmarks/int8_variants.py``).
 
     Returns:
         nncf.IgnoredScope: The nodes NNCF must leave in FP32.
@@ -73,15 +76,25 @@ def fp32_scope(model: "ov.Model") -> "nncf.IgnoredScope":
             f"{FP32_PREFIXES}. Export the model with anomalib_hlgfa's Hlgfa."
         )
         raise ValueError(msg)
-    return nncf.IgnoredScope(names=sorted(ignored | first_convolutions), validate=False)
+    if keep_first_convolutions:
+        ignored |= first_convolutions
+    return nncf.IgnoredScope(names=sorted(ignored), validate=False)
 
 
-def quantize_backbone(model: "ov.Model", datamodule: "AnomalibDataModule | None") -> "ov.Model":
+def quantize_backbone(
+    model: "ov.Model",
+    datamodule: "AnomalibDataModule | None",
+    keep_first_convolutions: bool = True,
+    advanced_parameters: "AdvancedQuantizationParameters | None" = None,
+) -> "ov.Model":
     """Quantise the backbone to INT8, calibrated on the datamodule's normal training images.
 
     Args:
         model (ov.Model): Exported HLGFA (FP32).
         datamodule (AnomalibDataModule | None): The data the model was trained on.
+        keep_first_convolutions (bool): See :func:`fp32_scope`. Defaults to ``True``.
+        advanced_parameters (AdvancedQuantizationParameters | None): NNCF's advanced options, for
+            measuring alternatives (``benchmarks/int8_variants.py``). Defaults to NNCF's.
 
     Returns:
         ov.Model: The quantised model.
@@ -101,4 +114,10 @@ def quantize_backbone(model: "ov.Model", datamodule: "AnomalibDataModule | None"
     dataloader = datamodule.train_dataloader()
     calibration = nncf.Dataset(dataloader, lambda batch: batch.image.numpy())
     # subset_size counts dataset items, here batches: cover the whole training set.
-    return nncf.quantize(model, calibration, subset_size=len(dataloader), ignored_scope=fp32_scope(model))
+    return nncf.quantize(
+        model,
+        calibration,
+        subset_size=len(dataloader),
+        ignored_scope=fp32_scope(model, keep_first_convolutions),
+        advanced_parameters=advanced_parameters,
+    )

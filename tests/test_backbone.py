@@ -138,3 +138,16 @@ def test_folding_that_would_change_the_output_is_refused() -> None:
     _randomise_batch_norms(block, seed=1)
     with pytest.raises(RuntimeError, match="fold_batch_norm=False"):
         fold_batch_norms(block, torch.randn(1, 3, 8, 8))
+
+
+def test_stride_2_same_convolution_exports_with_symbolic_sides() -> None:
+    """Under torch.export the side is symbolic: timm's padded convolution is traced, exact for both parities."""
+    fast = Stride2SameConv2d(3, 4, 3, stride=2).eval()
+    side = torch.export.Dim("side", min=8, max=64)
+    exported = torch.export.export(
+        fast, (torch.randn(1, 3, 16, 16),), dynamic_shapes={"images": {2: side, 3: side}}, strict=False
+    ).module()
+    for size in (15, 16):
+        images = torch.randn(1, 3, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(exported(images), fast(images))
