@@ -198,7 +198,9 @@ def replace_same_padding(module: nn.Module) -> int:
                 and all(side % 2 for side in conv.kernel_size)
             ):
                 continue
-            fast = Stride2SameConv2d(
+            # skip_init: no random initialisation, so the global RNG (and the heads' initialisation) is untouched.
+            fast = nn.utils.skip_init(
+                Stride2SameConv2d,
                 conv.in_channels,
                 conv.out_channels,
                 conv.kernel_size,

@@ -11,10 +11,9 @@ validation split (the test images, for MVTec-layout data). For HLGFA both are wr
   What is quantised is the frozen backbone, where nearly all the compute is, and the few ops that
   read only backbone features (the upsampling of the low-resolution features, the norm of the
   high-resolution features in the cosine).
-- Except the backbone's first convolution of each view, which reads the image: NNCF gives it 7-bit
-  weights (its overflow fix for CPUs without VNNI), and its error reaches every feature level. Kept
-  FP32 it costs about 3 % of INT8 speed and the INT8 image AUROC matches FP32 (solar_cell: 0.8932
-  with it, 0.8778 without, FP32 0.8912).
+- Except the backbone's first convolution of each view, the one that reads the image. Quantised with
+  NNCF's defaults it cost 1.3-1.5 points of image AUROC (solar_cell); kept FP32, INT8 matches FP32,
+  for about 3 % of INT8 speed (measured with ``benchmarks/int8_variants.py``; docs/deployment.md).
 """
 
 from typing import TYPE_CHECKING

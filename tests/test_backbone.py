@@ -151,3 +151,15 @@ def test_stride_2_same_convolution_exports_with_symbolic_sides() -> None:
         images = torch.randn(1, 3, size, size)
         with torch.no_grad():
             torch.testing.assert_close(exported(images), fast(images))
+
+
+def test_building_the_extractor_leaves_the_random_stream_as_timm_does() -> None:
+    """Folding and the padding swap draw no random numbers, so a seed initialises the heads as before."""
+    from anomalib.models.components import TimmFeatureExtractor
+
+    torch.manual_seed(0)
+    TimmFeatureExtractor(backbone=OFFLINE_BACKBONE, layers=["blocks.2", "blocks.4"], pre_trained=False)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    create_feature_extractor(OFFLINE_BACKBONE, ["blocks.2", "blocks.4"])
+    assert torch.equal(torch.rand(4), expected)
