@@ -37,7 +37,7 @@ from .anomaly_map import ScoreReduction
 from .augmentation import Nuisance, NuisanceAugmentation, NuisanceConfig
 from .backbone import fold_legacy_state_dict
 from .loss import AlignmentLoss
-from .quantization import quantize_backbone
+from .quantization import quantize_int8
 from .torch_model import DEFAULT_BACKBONE, DEFAULT_LAYERS, HlgfaModel
 
 if TYPE_CHECKING:
@@ -375,12 +375,12 @@ class Hlgfa(AnomalibModule):
 
     @staticmethod
     def _post_training_quantization_ov(model: "ov.Model", datamodule: AnomalibDataModule | None = None) -> "ov.Model":
-        """INT8 PTQ for ``export --compression_type INT8_PTQ``: backbone only, calibrated on training images.
+        """INT8 PTQ for ``export --compression_type INT8_PTQ``: backbone and heads, calibrated on training images.
 
         Replaces anomalib's default, which quantises the anomaly-map computation too (collapsing all
         scores) and calibrates on the validation split. See :mod:`anomalib_hlgfa.quantization`.
         """
-        return quantize_backbone(model, datamodule)
+        return quantize_int8(model, datamodule)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

@@ -8,7 +8,8 @@ post-training quantisation of the backbone, calibrated on the training images: s
   score, and the number of differing predicted labels;
 - accuracy of each: image AUROC and pixel AUROC (at the model's input resolution, as anomalib tests);
 - speed on this CPU at batch 1 and 16: latency per batch and images per second, on real test images
-  at their stored size, pre- and post-processing included.
+  at their stored size, pre- and post-processing included; the runtimes take turns call by call
+  (median of ``--repeats`` calls each), so a drift of the machine's speed moves them alike.
 
 Usage::
 
@@ -81,16 +82,22 @@ def evaluate(predictors: dict[str, Predictor], datamodule: MVTecAD, map_size: tu
     }
 
 
-def time_predictor(predict: Predictor, images: torch.Tensor, repeats: int) -> float:
-    """Median seconds per call, after two warm-up calls."""
-    for _ in range(2):
-        predict(images)
-    timings = []
+def time_predictors(predictors: dict[str, Predictor], images: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each predictor, the predictors taking turns call by call.
+
+    This machine's speed drifts by up to a third over minutes; taking turns exposes every runtime to the
+    same drift, so their ratios hold even when the absolute times move. Two warm-up calls each first.
+    """
+    for predict in predictors.values():
+        for _ in range(2):
+            predict(images)
+    timings: dict[str, list[float]] = {name: [] for name in predictors}
     for _ in range(repeats):
-        start = time.perf_counter()
-        predict(images)
-        timings.append(time.perf_counter() - start)
-    return statistics.median(timings)
+        for name, predict in predictors.items():
+            start = time.perf_counter()
+            predict(images)
+            timings[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in timings.items()}
 
 
 def main() -> None:
@@ -99,7 +106,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, required=True, help="MVTec-layout dataset root.")
     parser.add_argument("--category", required=True, help="Category under --root.")
     parser.add_argument("--output", type=Path, default=Path("results/deployment"), help="Folder for the results.")
-    parser.add_argument("--repeats", type=int, default=10, help="Timed calls per configuration.")
+    parser.add_argument("--repeats", type=int, default=20, help="Timed calls per runtime and batch size.")
     parser.add_argument("--num_workers", type=int, default=2, help="Data-loader workers.")
     parser.add_argument(
         "--threads", type=int, default=torch.get_num_threads(), help="Inference threads, torch and OpenVINO alike."
@@ -151,8 +158,7 @@ def main() -> None:
     speed = {}
     for batch_size in (1, 16):
         images = speed_images[:batch_size]
-        for name, predict in predictors.items():
-            seconds = time_predictor(predict, images, args.repeats)
+        for name, seconds in time_predictors(predictors, images, args.repeats).items():
             speed[f"{name} @ batch {batch_size}"] = {
                 "latency_ms_per_batch": round(seconds * 1000, 1),
                 "images_per_second": round(batch_size / seconds, 2),

@@ -1,11 +1,13 @@
 """INT8 variants of one exported HLGFA: what each quantisation choice costs in accuracy.
 
 From an OpenVINO FP32 export (for example the one ``benchmarks/deployment.py`` writes) it quantises
-the backbone as ``anomalib_hlgfa.quantization`` does, calibrated on the training images, once per
+the model as ``anomalib_hlgfa.quantization`` does, calibrated on the training images, once per
 variant, and scores every test image with each (image and pixel AUROC, as the deployment benchmark):
 
-- ``shipped``: the image-reading convolutions, the heads and the anomaly map FP32 (the default);
-- ``first_quantised``: the image-reading convolutions quantised too (the previous release);
+- ``shipped``: the image-reading convolutions, the heads' output projections and everything after them
+  FP32 (the default);
+- ``heads_fp32``: every head convolution FP32 too (the previous release);
+- ``first_quantised``: the image-reading convolutions quantised too (the release before);
 - ``first_quantised_overflow_fix_off``: as above, with NNCF's overflow fix off (8-bit weights in the
   first layer; NNCF's default gives it 7 bits for CPUs without VNNI);
 - ``first_quantised_overflow_fix_all``: as above, with 7-bit weights in every layer.
@@ -29,17 +31,20 @@ from deployment import evaluate, openvino_predictor
 from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 from torchmetrics.functional.classification import binary_auroc
 
-from anomalib_hlgfa.quantization import quantize_backbone
+from anomalib_hlgfa.quantization import quantize_int8
 
 VARIANTS = {
     "shipped": {},
-    "first_quantised": {"keep_first_convolutions": False},
+    "heads_fp32": {"quantize_heads": False},
+    "first_quantised": {"keep_first_convolutions": False, "quantize_heads": False},
     "first_quantised_overflow_fix_off": {
         "keep_first_convolutions": False,
+        "quantize_heads": False,
         "advanced_parameters": AdvancedQuantizationParameters(overflow_fix=OverflowFix.DISABLE),
     },
     "first_quantised_overflow_fix_all": {
         "keep_first_convolutions": False,
+        "quantize_heads": False,
         "advanced_parameters": AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE),
     },
 }
@@ -62,7 +67,7 @@ def main() -> None:
     predictors = {"FP32": openvino_predictor(args.fp32_xml, args.threads)}
     for name in args.variants:
         calibration = MVTecAD(root=args.root, category=args.category, num_workers=0)
-        quantised = quantize_backbone(core.read_model(str(args.fp32_xml)), calibration, **VARIANTS[name])
+        quantised = quantize_int8(core.read_model(str(args.fp32_xml)), calibration, **VARIANTS[name])
         path = args.output / f"{name}.xml"
         ov.save_model(quantised, str(path))
         predictors[name] = openvino_predictor(path, args.threads)

@@ -93,7 +93,7 @@ def test_torch_export_loads_in_torch_inferencer(
     _assert_parity(exported, torch_outputs)
 
 
-def test_int8_quantises_the_backbone_only_and_keeps_scores_apart(
+def test_int8_keeps_the_head_outputs_fp32_and_scores_apart(
     model_and_inputs: tuple[Hlgfa, torch.Tensor],
     torch_outputs: dict[str, np.ndarray],
     tiny_dataset: Path,
@@ -122,22 +122,30 @@ def test_int8_quantises_the_backbone_only_and_keeps_scores_apart(
     assert np.abs(output["anomaly_map"] - torch_outputs["anomaly_map"]).mean() < 0.05
 
 
-def test_fp32_scope_holds_first_convolutions_heads_blur_and_what_follows(
+@pytest.mark.parametrize("quantize_heads", [True, False])
+def test_fp32_scope_holds_image_reading_convolutions_head_outputs_and_what_follows(
     model_and_inputs: tuple[Hlgfa, torch.Tensor],
     openvino_fp32: Path,
+    quantize_heads: bool,
 ) -> None:
     model, _ = model_and_inputs
     graph = ov.Core().read_model(str(openvino_fp32))
-    kept = set(fp32_scope(graph).names)
+    kept = set(fp32_scope(graph, quantize_heads=quantize_heads).names)
     convolutions = [op for op in graph.get_ordered_ops() if op.get_type_name() in {"Convolution", "GroupConvolution"}]
     kept_convolutions = [op for op in convolutions if op.get_friendly_name() in kept]
     heads = len(model.model.heads)
-    # Per head: structure and detail projections, input projection, modulation, gate, 2 residual, output;
-    # plus the anomaly map's blur (two 1-D passes) and the backbone's image-reading convolution of each view.
-    assert len(kept_convolutions) == 8 * heads + 2 + 2
+    # Per head its output projection (with quantize_heads=False all 8 convolutions: structure and detail
+    # projections, input projection, modulation, gate, 2 residual, output); plus the anomaly map's blur
+    # (two 1-D passes) and the backbone's image-reading convolution of each view.
+    per_head = 1 if quantize_heads else 8
+    assert len(kept_convolutions) == per_head * heads + 2 + 2
     reading_images = [op for op in convolutions if op.get_input_partial_shape(0)[1].get_length() == 3]
     assert len(reading_images) == 2
     assert {op.get_friendly_name() for op in reading_images} <= kept
+    # The low-resolution view's pooling feeds only an FP32 convolution: it stays FP32 too.
+    pooling = [op.get_friendly_name() for op in graph.get_ordered_ops() if op.get_type_name() == "AvgPool"]
+    assert pooling, "no AvgPool in the graph: the low-resolution view is missing"
+    assert pooling[0] in kept
     assert len(convolutions) > len(kept_convolutions)  # the backbone's convolutions are left to quantise
     output_producers = {result.input_value(0).get_node().get_friendly_name() for result in graph.get_results()}
     assert output_producers <= kept
