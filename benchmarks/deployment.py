@@ -1,7 +1,7 @@
 """Deployment benchmark: a trained HLGFA in torch FP32, OpenVINO FP32 and OpenVINO INT8.
 
 From one checkpoint it exports, through anomalib, an OpenVINO FP32 model and an INT8 model (NNCF
-post-training quantisation of the backbone, calibrated on the training images: see
+post-training quantisation of the backbone and heads, calibrated on the training images: see
 ``anomalib_hlgfa.quantization``), then on every test image of the category:
 
 - parity of OpenVINO FP32 with torch: max absolute difference of the normalised anomaly map and image
