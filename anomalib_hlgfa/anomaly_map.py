@@ -1,9 +1,15 @@
 """Anomaly map and image score from HLGFA's cross-resolution misalignment.
 
-Per feature level, the misalignment is the cosine distance between the refined low-resolution
-features (the prediction) and the high-resolution features, per position. Each level's map is
-upsampled to the input size, the levels are averaged, and the result is smoothed with a Gaussian.
-The image score is a reduction of the map: its maximum, or the mean of its top-k pixels.
+Per feature level, the misalignment is the root-mean-square difference, over channels, between the
+refined low-resolution features (the prediction) and the high-resolution features, both standardised per
+channel with the statistics of normal training images, per position. Each level's map is upsampled to
+the input size, the levels are averaged, and the result is smoothed with a Gaussian. The image score is
+a reduction of the map: its maximum, or the mean of its top-k pixels.
+
+Why this distance and not the cosine (measured in ``docs/ablation.md``): the cosine ignores how far a
+feature vector moves along its own direction and weighs channels by their raw magnitude; on the
+standardised features every channel counts in units of its normal variation, and localisation
+(AUPRO) rose by 8 points on solar_cell and 6 on magnetic_tile at unchanged image AUROC.
 """
 
 from enum import Enum
@@ -21,17 +27,33 @@ class ScoreReduction(str, Enum):
     TOPK_MEAN = "topk_mean"
 
 
-def misalignment_map(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cosine distance between predicted and high-resolution features, per position.
+def squared_error_map(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference over channels between predicted and high-resolution features, per position.
 
     Args:
-        prediction (torch.Tensor): Refined low-resolution features, shape ``(B, C, h, w)``.
-        target (torch.Tensor): High-resolution features, shape ``(B, C, h, w)``.
+        prediction (torch.Tensor): Refined low-resolution features, standardised, shape ``(B, C, h, w)``.
+        target (torch.Tensor): High-resolution features, standardised, shape ``(B, C, h, w)``.
 
     Returns:
-        torch.Tensor: ``1 - cos``, shape ``(B, 1, h, w)``, in ``[0, 2]``.
+        torch.Tensor: Shape ``(B, 1, h, w)``, non-negative; the training loss is its mean.
     """
-    return 1 - F.cosine_similarity(prediction, target, dim=1).unsqueeze(1)
+    return (prediction - target).pow(2).mean(dim=1, keepdim=True)
+
+
+def misalignment_map(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Root-mean-square difference over channels between predicted and high-resolution features, per position.
+
+    The root keeps the map in feature units (standard deviations of normal images), so that a defect
+    twice as far from normal scores twice as high, not four times, before the levels are averaged.
+
+    Args:
+        prediction (torch.Tensor): Refined low-resolution features, standardised, shape ``(B, C, h, w)``.
+        target (torch.Tensor): High-resolution features, standardised, shape ``(B, C, h, w)``.
+
+    Returns:
+        torch.Tensor: Shape ``(B, 1, h, w)``, non-negative.
+    """
+    return squared_error_map(prediction, target).sqrt()
 
 
 class SeparableGaussianBlur(nn.Module):

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import timm
+import torch
 from anomalib import LearningType
 from anomalib.data import AnomalibDataModule, Batch
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
@@ -72,6 +73,7 @@ ARCHITECTURE_ARGUMENTS = (
 ARCHITECTURE_KEY = "hlgfa_architecture"
 OBSOLETE_BLUR_KERNEL = "anomaly_map_generator.blur.kernel"  # saved by versions before the separable blur
 BACKBONE_STATE_PREFIX = "model.feature_extractor.feature_extractor."
+STANDARDIZATION_STATE_PREFIX = "model.standardization."  # feature statistics, new in 0.2.0
 
 
 def _plain(value: Any) -> Any:  # noqa: ANN401
@@ -245,6 +247,26 @@ class Hlgfa(AnomalibModule):
         if self.augmentation is not None:
             # Reproducible per fit, and different nuisances on each distributed process.
             self.augmentation.reseed(self.augmentation.config.seed + self.global_rank)
+        self._fit_feature_statistics()
+
+    def _fit_feature_statistics(self) -> None:
+        """Standardise the backbone features with their per-channel statistics on the training images.
+
+        One pass over the training dataloader, pre-processed as training batches are but without the
+        nuisance augmentation: the statistics describe the clean normal images. Under distributed training
+        the moments are summed over every process, so all of them standardise alike.
+        """
+        totals: list[torch.Tensor] | None = None
+        for batch in self.trainer.train_dataloader:
+            images = batch.image.to(self.device)
+            if self.pre_processor is not None and self.pre_processor.transform is not None:
+                images = self.pre_processor.transform(images)
+            moments = self.model.feature_moments(images)
+            totals = moments if totals is None else [total + m for total, m in zip(totals, moments, strict=True)]
+        if totals is None:  # on_train_start has already refused an empty training set
+            return
+        totals = [self.trainer.strategy.reduce(total, reduce_op="sum") for total in totals]
+        self.model.set_feature_statistics(totals)
 
     def configure_callbacks(self) -> list[Callback]:
         """Put the training augmentation first, so that it sees images before the pre-processor does."""
@@ -365,6 +387,15 @@ class Hlgfa(AnomalibModule):
         if not differing and not mismatches:
             return
         details = differing + mismatches[:5] + ([f"... and {len(mismatches) - 5} more"] if len(mismatches) > 5 else [])
+        if any(key.startswith(STANDARDIZATION_STATE_PREFIX) and key not in state for key in own):
+            msg = (
+                "This checkpoint was trained by anomalib-hlgfa before 0.2.0, whose misalignment was a cosine "
+                "distance on unstandardised features; this version standardises the features with statistics "
+                "fitted at training and scores a different distance, so the checkpoint cannot be used. Retrain "
+                "the model with this version (or use anomalib-hlgfa 0.1 for this checkpoint).\n  "
+                + "\n  ".join(details)
+            )
+            raise ValueError(msg)
         msg = (
             "This checkpoint does not fit this HLGFA model's configuration:\n  "
             + "\n  ".join(details)

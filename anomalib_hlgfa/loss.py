@@ -3,14 +3,15 @@
 import torch
 from torch import nn
 
-from .anomaly_map import misalignment_map
+from .anomaly_map import squared_error_map
 
 
 class AlignmentLoss(nn.Module):
-    """Mean cosine distance between refined and high-resolution features, over positions and levels.
+    """Mean squared difference between refined and high-resolution features, over channels, positions and levels.
 
-    The same per-position distance is the anomaly map at inference, so training minimises exactly what
-    is scored.
+    Both are standardised per channel (see ``HlgfaModel``), so every channel counts in units of its
+    normal variation. At inference the anomaly map is the root of the same per-position error, so
+    training minimises what is scored.
     """
 
     def forward(self, predictions: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
@@ -18,12 +19,11 @@ class AlignmentLoss(nn.Module):
 
         Args:
             predictions (list[torch.Tensor]): Per level, refined features ``(B, C_l, h_l, w_l)``.
-            targets (list[torch.Tensor]): Per level, high-resolution features ``(B, C_l, h_l, w_l)``.
+            targets (list[torch.Tensor]): Per level, standardised high-resolution features ``(B, C_l, h_l, w_l)``.
 
         Returns:
-            torch.Tensor: Scalar loss, in ``[0, 2]``.
+            torch.Tensor: Scalar loss, non-negative.
         """
-        per_level = [
-            misalignment_map(prediction, target).mean() for prediction, target in zip(predictions, targets, strict=True)
-        ]
+        pairs = zip(predictions, targets, strict=True)
+        per_level = [squared_error_map(prediction, target).mean() for prediction, target in pairs]
         return torch.stack(per_level).mean()

@@ -8,7 +8,8 @@ Forward pass, all inside the model so that an exported graph carries it:
 
 1. The low-resolution view is made by area (box-filter) downsampling by ``downsample_factor``, which
    antialiases.
-2. One frozen backbone extracts multi-level features from both views.
+2. One frozen backbone extracts multi-level features from both views, standardised per channel with
+   the statistics of normal training images (``fit_feature_statistics``; before it, they pass unchanged).
 3. Per level, the high-resolution features are split into a structure prior (low-pass) and a detail
    prior (high-pass residue), each projected to a few channels so that they cannot carry the
    high-resolution features themselves (no identity shortcut).
@@ -16,7 +17,8 @@ Forward pass, all inside the model so that an exported graph carries it:
    by scale and shift maps predicted from the structure prior (SPADE-style).
 5. A gate driven by the detail prior decides where a residual correction is added.
 6. A 1x1 projection gives the prediction of the high-resolution features. Training aligns it with
-   them; at inference the per-level misalignment gives the anomaly map and image score.
+   them (mean squared difference); at inference the per-level misalignment (root-mean-square
+   difference) gives the anomaly map and image score.
 
 Example:
     >>> model = HlgfaModel(pre_trained=False).eval()
@@ -51,6 +53,26 @@ def low_pass(features: torch.Tensor, window: int) -> torch.Tensor:
     """
     pooled = F.avg_pool2d(features, kernel_size=window, stride=window, ceil_mode=True)
     return F.interpolate(pooled, size=features.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class FeatureStandardization(nn.Module):
+    """Standardise one feature level per channel with fixed statistics of normal images.
+
+    The statistics are buffers: saved in checkpoints and carried into exported graphs as constants.
+    Until they are fitted (mean 0, standard deviation 1) the features pass unchanged.
+
+    Args:
+        channels (int): Channels of the feature level.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("std", torch.ones(1, channels, 1, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Standardise features ``(B, C, h, w)``."""
+        return (features - self.mean) / self.std
 
 
 class PriorDecomposition(nn.Module):
@@ -248,6 +270,9 @@ class HlgfaModel(nn.Module):
                 raise ValueError(msg)
         self.downsample_factor = downsample_factor
         self.feature_extractor = create_feature_extractor(backbone, layers, pre_trained=pre_trained)
+        self.standardization = nn.ModuleList(
+            FeatureStandardization(channels) for channels in self.feature_extractor.out_dims
+        )
         self.heads = nn.ModuleList(
             RefinementHead(channels, hidden_channels, prior_channels, structure_window)
             for channels in self.feature_extractor.out_dims
@@ -300,6 +325,49 @@ class HlgfaModel(nn.Module):
         factor = self.downsample_factor
         return F.avg_pool2d(images, kernel_size=factor, stride=factor, ceil_mode=True)
 
+    @torch.no_grad()
+    def feature_moments(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Per-channel sums of the high-resolution features and of their squares, to fit the statistics.
+
+        Args:
+            images (torch.Tensor): Normalised normal images ``(B, 3, H, W)``.
+
+        Returns:
+            list[torch.Tensor]: Per level, ``(3, C_l)`` float64: the number of feature positions (in every
+            column), the sums and the sums of squares. Sums over batches (and processes) add up.
+        """
+        self.check_input(images)
+        images = images.contiguous(memory_format=torch.channels_last)
+        moments = []
+        for features in self.feature_extractor(images).values():
+            values = features.double().transpose(0, 1).flatten(start_dim=1)  # (C, B * h * w)
+            count = torch.full_like(values[:, 0], values.shape[1])
+            moments.append(torch.stack([count, values.sum(dim=1), values.pow(2).sum(dim=1)]))
+        return moments
+
+    def set_feature_statistics(self, moments: Sequence[torch.Tensor]) -> None:
+        """Set each level's standardisation from moments summed over normal images (``feature_moments``).
+
+        Args:
+            moments (Sequence[torch.Tensor]): Per level, ``(3, C_l)``: counts, sums and sums of squares.
+
+        Raises:
+            ValueError: If the moments do not match the levels, or hold fewer than two positions.
+        """
+        if len(moments) != len(self.standardization):
+            msg = f"Expected moments for {len(self.standardization)} feature levels, got {len(moments)}."
+            raise ValueError(msg)
+        for standardization, (count, total, total_of_squares) in zip(self.standardization, moments, strict=True):
+            if float(count.min()) < 2:
+                msg = "Feature statistics need at least two feature positions: give more or larger images."
+                raise ValueError(msg)
+            mean = total / count
+            variance = (total_of_squares / count - mean.pow(2)).clamp_min(0) * count / (count - 1)
+            # A channel that never varies on normal images would divide by zero: floor its scale.
+            std = variance.sqrt().clamp_min(1e-6 * float(variance.sqrt().max().clamp_min(1e-12)))
+            standardization.mean.copy_(mean.reshape_as(standardization.mean))
+            standardization.std.copy_(std.reshape_as(standardization.std))
+
     def align(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Extract both views' features and predict the high-resolution ones from the low-resolution ones.
 
@@ -308,11 +376,13 @@ class HlgfaModel(nn.Module):
 
         Returns:
             tuple[list[torch.Tensor], list[torch.Tensor]]: Per level, the predictions and the
-            high-resolution features, each ``(B, C_l, h_l, w_l)``.
+            standardised high-resolution features, each ``(B, C_l, h_l, w_l)``.
         """
         images = images.contiguous(memory_format=torch.channels_last)  # matches the backbone's layout
         high = list(self.feature_extractor(images).values())
         low = list(self.feature_extractor(self.low_resolution_view(images)).values())
+        high = [standardize(features) for standardize, features in zip(self.standardization, high, strict=True)]
+        low = [standardize(features) for standardize, features in zip(self.standardization, low, strict=True)]
         predictions = []
         for head, high_features, low_features in zip(self.heads, high, low, strict=True):
             low_on_high_grid = F.interpolate(

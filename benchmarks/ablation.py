@@ -2,15 +2,16 @@
 
 The backbone is frozen and training has no augmentation, so each image's backbone features (both
 views) are the same in every epoch: this script extracts them once per category and trains only the
-refinement heads on them, exactly as ``Hlgfa`` trains (AdamW over the heads, batch 32, mean cosine
-distance), then tests with HLGFA's anomaly-map generator and anomalib's metrics (image AUROC, pixel
-AUROC and AUPRO at 256x256, as ``Engine.test`` computes them). That makes one variant a minute or two
-on a 2-core CPU instead of a full training.
+refinement heads on them, as ``Hlgfa`` trains (AdamW over the heads, batch 32), then tests with
+HLGFA's anomaly-map smoothing and anomalib's metrics (image AUROC, pixel AUROC and AUPRO at 256x256,
+as ``Engine.test`` computes them). That makes one variant a few minutes on a 2-core CPU instead of a
+full training.
 
 Variants: the full model; each part of the method removed (see ``anomalib_hlgfa.torch_model.ABLATIONS``);
 and the choices left open by the paper: feature levels, downsampling factor, prior channels, head width,
-structure window, fusion of the levels, score reduction, and epochs (tested after 5, 10 and 20 epochs of
-one training).
+structure window, fusion of the levels, score reduction, epochs (tested after 5, 10 and 20 epochs of
+one training), and the misalignment. Variants measured before 0.2 use the cosine distance on raw
+features (``misalignment="cosine"``, anomalib-hlgfa 0.1); Hlgfa's since 0.2 is ``"standardised_rms"``.
 
 Usage::
 
@@ -35,12 +36,21 @@ from torch.nn import functional as F  # noqa: N812
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_hlgfa import Hlgfa
-from anomalib_hlgfa.anomaly_map import AnomalyMapGenerator, misalignment_map
+from anomalib_hlgfa.anomaly_map import AnomalyMapGenerator, misalignment_map, squared_error_map
 from anomalib_hlgfa.loss import AlignmentLoss
 from anomalib_hlgfa.torch_model import HlgfaModel, RefinementHead
 
 ALL_LEVELS = ("blocks.1", "blocks.2", "blocks.4", "blocks.6")
 FACTORS = (2, 4)
+LEVELS_0_2 = ("blocks.2", "blocks.4", "blocks.6")  # Hlgfa's default levels since 0.1
+SCORES = ("max", "topk_mean")
+MISALIGNMENTS = (
+    "cosine",
+    "standardised_rms",
+    "standardised_squared",
+    "standardised_cosine",
+    "centred_cosine",
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,12 @@ class Variant:
     structure_window: int = 4
     ablation: str = "full"
     fusion: str = "mean"
+    # "cosine": 1 - cos on the raw features (anomalib-hlgfa 0.1, every row measured before 0.2);
+    # "standardised_rms": Hlgfa's since 0.2 (features standardised per channel with the training
+    # statistics, mean squared difference as the loss, its root as the map); "standardised_cosine" and
+    # "centred_cosine": the cosine on standardised or only centred features; "standardised_squared": the
+    # map without the root.
+    misalignment: str = "cosine"
     score_reductions: tuple[str, ...] = ("max",)
     epochs: tuple[int, ...] = (10,)
     extra: dict = field(default_factory=dict)
@@ -86,6 +102,12 @@ VARIANTS = [
     Variant("structure window 2", structure_window=2),
     Variant("fusion: max over levels", fusion="max"),
     Variant("fusion: per-level normalised mean", fusion="normalised_mean", score_reductions=("max", "topk_mean")),
+    *(
+        Variant(
+            f"levels blocks.2+4+6, misalignment {name}", layers=LEVELS_0_2, misalignment=name, score_reductions=SCORES
+        )
+        for name in MISALIGNMENTS
+    ),
 ]
 
 
@@ -136,8 +158,27 @@ def cached_category(root: str, category: str, cache_dir: Path, size: tuple[int, 
     return data
 
 
-def head_inputs(features: dict, variant: Variant, index: torch.Tensor | slice) -> tuple[list, list]:
-    """Per level, the head's low-resolution input on the high-resolution grid, and the target."""
+def feature_statistics(train_features: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per level, the per-channel mean and standard deviation of the training images' high-resolution features."""
+    statistics = {}
+    for level in ALL_LEVELS:
+        features = train_features[f"high/{level}"].double()
+        mean, std = features.mean(dim=(0, 2, 3), keepdim=True), features.std(dim=(0, 2, 3), keepdim=True)
+        statistics[level] = (mean.float(), std.clamp_min(1e-6 * float(std.max())).float())
+    return statistics
+
+
+def head_inputs(
+    features: dict,
+    variant: Variant,
+    index: torch.Tensor | slice,
+    statistics: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> tuple[list, list]:
+    """Per level, the head's low-resolution input on the high-resolution grid, and the target.
+
+    Both are standardised (or centred) with the training statistics, as ``HlgfaModel`` does, when the
+    variant's misalignment asks for it.
+    """
     lows, highs = [], []
     for level in variant.layers:
         high = features[f"high/{level}"][index]
@@ -146,20 +187,53 @@ def head_inputs(features: dict, variant: Variant, index: torch.Tensor | slice) -
         else:
             low = features[f"low{variant.downsample_factor}/{level}"][index]
             low = F.interpolate(low, size=high.shape[-2:], mode="bilinear", align_corners=False)
+        if variant.misalignment.startswith(("standardised", "centred")):
+            mean, std = statistics[level]
+            scale = std if variant.misalignment.startswith("standardised") else 1
+            low, high = (low - mean) / scale, (high - mean) / scale
         lows.append(low)
         highs.append(high)
     return lows, highs
 
 
+def cosine_distance(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``1 - cos`` per position ``(B, 1, h, w)``: anomalib-hlgfa 0.1's misalignment."""
+    return 1 - F.cosine_similarity(prediction, target, dim=1).unsqueeze(1)
+
+
+def level_map(variant: Variant, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The variant's per-position misalignment ``(B, 1, h, w)`` of one level."""
+    if variant.misalignment == "standardised_rms":
+        return misalignment_map(prediction, target)
+    if variant.misalignment == "standardised_squared":
+        return squared_error_map(prediction, target)
+    return cosine_distance(prediction, target)
+
+
+def loss_of(variant: Variant, predictions: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
+    """The variant's training loss: the mean squared difference (``AlignmentLoss``) or the mean cosine distance."""
+    if variant.misalignment.endswith(("rms", "squared")):
+        return AlignmentLoss()(predictions, targets)
+    return torch.stack([cosine_distance(p, t).mean() for p, t in zip(predictions, targets, strict=True)]).mean()
+
+
+def fuse(generator: AnomalyMapGenerator, level_maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """Upsample per-level maps to ``size``, average them and smooth the result, as ``AnomalyMapGenerator`` does."""
+    upsampled = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in level_maps]
+    return generator.blur(torch.stack(upsampled).mean(dim=0))
+
+
 @torch.no_grad()
-def level_statistics(heads: torch.nn.ModuleList, train: dict, variant: Variant) -> list[tuple[float, float]]:
+def level_statistics(
+    heads: torch.nn.ModuleList, train: dict, variant: Variant, features_statistics: dict
+) -> list[tuple[float, float]]:
     """Mean and standard deviation of each level's misalignment on the training images (normal)."""
     heads.eval()
     per_level = [[] for _ in variant.layers]
     for start in range(0, len(train["labels"]), 32):
-        lows, highs = head_inputs(train["features"], variant, slice(start, start + 32))
+        lows, highs = head_inputs(train["features"], variant, slice(start, start + 32), features_statistics)
         for values, head, low, high in zip(per_level, heads, lows, highs, strict=True):
-            values.append(misalignment_map(head(low, high), high).flatten())
+            values.append(level_map(variant, head(low, high), high).flatten())
     heads.train()
     return [(float(torch.cat(v).mean()), float(torch.cat(v).std())) for v in per_level]
 
@@ -171,18 +245,20 @@ def evaluate(
     variant: Variant,
     size: tuple[int, int],
     statistics: list[tuple[float, float]] | None = None,
+    features_statistics: dict | None = None,
 ) -> dict:
     """Image AUROC, pixel AUROC and AUPRO of the current heads, per score reduction."""
     heads.eval()
     generator = AnomalyMapGenerator(sigma=4.0)
     maps = []
     for start in range(0, len(test["labels"]), 32):
-        lows, highs = head_inputs(test["features"], variant, slice(start, start + 32))
+        lows, highs = head_inputs(test["features"], variant, slice(start, start + 32), features_statistics)
         predictions = [head(low, high) for head, low, high in zip(heads, lows, highs, strict=True)]
+        level_maps = [level_map(variant, p, h) for p, h in zip(predictions, highs, strict=True)]
         if variant.fusion == "mean":
-            anomaly_map, _ = generator(predictions, highs, size)
+            anomaly_map = fuse(generator, level_maps, size)
         else:  # the per-level maps, each upsampled and smoothed as the generator does
-            per_level = [generator([p], [h], size)[0] for p, h in zip(predictions, highs, strict=True)]
+            per_level = [fuse(generator, [m], size) for m in level_maps]
             if variant.fusion == "max":
                 anomaly_map = torch.stack(per_level).amax(dim=0)
             else:  # "normalised_mean": each level in standard deviations of its normal misalignment
@@ -214,22 +290,23 @@ def run_variant(data: dict, variant: Variant, seed: int, size: tuple[int, int]) 
         for c in channels
     )
     optimizer = torch.optim.AdamW(heads.parameters(), lr=1e-3, weight_decay=1e-4)
-    loss_fn = AlignmentLoss()
+    features_statistics = feature_statistics(train)
     generator = torch.Generator().manual_seed(seed)
     num_train = len(data["train"]["labels"])
     results, start = {}, time.perf_counter()
     for epoch in range(1, max(variant.epochs) + 1):
         for batch in torch.randperm(num_train, generator=generator).split(32):
-            lows, highs = head_inputs(train, variant, batch)
+            lows, highs = head_inputs(train, variant, batch, features_statistics)
             predictions = [head(low, high) for head, low, high in zip(heads, lows, highs, strict=True)]
-            loss = loss_fn(predictions, highs)
+            loss = loss_of(variant, predictions, highs)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         if epoch in variant.epochs:
             normalised = variant.fusion == "normalised_mean"
-            statistics = level_statistics(heads, data["train"], variant) if normalised else None
-            results[epoch] = {"train_loss": float(loss), **evaluate(heads, data["test"], variant, size, statistics)}
+            statistics = level_statistics(heads, data["train"], variant, features_statistics) if normalised else None
+            metrics = evaluate(heads, data["test"], variant, size, statistics, features_statistics)
+            results[epoch] = {"train_loss": float(loss), **metrics}
     results["train_s"] = time.perf_counter() - start
     return results
 

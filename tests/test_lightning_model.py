@@ -113,6 +113,33 @@ def test_fit_test_and_checkpoint_round_trip(trained: tuple[Hlgfa, Path, dict]) -
     assert restored.post_processor.image_threshold == model.post_processor.image_threshold
 
 
+def test_fit_standardises_with_the_clean_training_images(trained: tuple[Hlgfa, Path, dict], tiny_dataset: Path) -> None:
+    """The statistics are those of the pre-processed training images, without the nuisance augmentation."""
+    model, _, _ = trained
+    assert model.augmentation is not None  # training batches were augmented; the statistics must not be
+    datamodule = _tiny_datamodule(tiny_dataset)
+    datamodule.setup()
+    images = torch.stack([item.image for item in datamodule.train_data])
+    with torch.no_grad():
+        features = model.model.feature_extractor(model.pre_processor.transform(images))
+    for standardization, level in zip(model.model.standardization, features.values(), strict=True):
+        torch.testing.assert_close(standardization.mean.flatten(), level.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(standardization.std.flatten(), level.std(dim=(0, 2, 3)), rtol=1e-3, atol=1e-5)
+
+
+def test_checkpoint_from_before_feature_standardisation_is_refused_with_the_reason(
+    trained: tuple[Hlgfa, Path, dict],
+    tmp_path: Path,
+) -> None:
+    _, checkpoint, _ = trained
+    saved = torch.load(checkpoint, weights_only=False)
+    saved["state_dict"] = {k: v for k, v in saved["state_dict"].items() if ".standardization." not in k}
+    earlier = tmp_path / "cosine.ckpt"
+    torch.save(saved, earlier)
+    with pytest.raises(ValueError, match=r"before 0\.2\.0(.|\n)*Retrain(.|\n)*model\.standardization\.0\.mean"):
+        Hlgfa.load_from_checkpoint(earlier)
+
+
 def test_cli_test_and_load_from_checkpoint_give_identical_scores(
     trained: tuple[Hlgfa, Path, dict],
     tiny_dataset: Path,

@@ -61,6 +61,30 @@ def test_backbone_is_frozen_during_training(tiny_model: HlgfaModel) -> None:
         assert torch.equal(value, backbone_before[key]), key
 
 
+def test_feature_statistics_standardise_the_normal_features(tiny_model: HlgfaModel) -> None:
+    images = texture_crops(6, 64)
+    # Moments of two batches add up to those of all six images.
+    first, second = tiny_model.feature_moments(images[:4]), tiny_model.feature_moments(images[4:])
+    tiny_model.set_feature_statistics([a + b for a, b in zip(first, second, strict=True)])
+    raw = list(tiny_model.feature_extractor(images).values())
+    for standardize, features in zip(tiny_model.standardization, raw, strict=True):
+        standardized = standardize(features)
+        assert standardized.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+        varying = features.std(dim=(0, 2, 3)) > 1e-3  # channels a random backbone leaves constant are floored
+        assert varying.any()
+        torch.testing.assert_close(standardized.std(dim=(0, 2, 3))[varying], torch.ones(int(varying.sum())))
+        assert torch.isfinite(standardized).all()
+    # The heads see and predict standardised features.
+    _, targets = tiny_model.train()(images)
+    assert targets[0].mean(dim=(0, 2, 3)).abs().max() < 1e-4
+
+
+def test_feature_statistics_must_match_the_levels(tiny_model: HlgfaModel) -> None:
+    moments = tiny_model.feature_moments(texture_crops(2, 64))
+    with pytest.raises(ValueError, match="moments for 2 feature levels, got 1"):
+        tiny_model.set_feature_statistics(moments[:1])
+
+
 def test_loss_decreases_on_normal_images(tiny_model: HlgfaModel) -> None:
     images = texture_crops(8, 64)
     optimizer = torch.optim.AdamW(tiny_model.heads.parameters(), lr=3e-3)
