@@ -9,11 +9,11 @@ for 8-bit images, 16-bit grayscale scaled instead of clipped, and errors that na
 """
 
 from . import image
-from .anomaly_map import AnomalyMapGenerator, ScoreReduction
+from .anomaly_map import AnomalyMapGenerator, Misalignment, ScoreReduction
 from .lightning_model import Hlgfa
 from .loss import AlignmentLoss
 from .torch_model import HlgfaModel
 
 image.install()
 
-__all__ = ["AlignmentLoss", "AnomalyMapGenerator", "Hlgfa", "HlgfaModel", "ScoreReduction"]
+__all__ = ["AlignmentLoss", "AnomalyMapGenerator", "Hlgfa", "HlgfaModel", "Misalignment", "ScoreReduction"]

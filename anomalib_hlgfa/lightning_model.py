@@ -18,6 +18,7 @@ Example:
 
 import math
 from collections.abc import Sequence
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import timm
@@ -34,7 +35,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
-from .anomaly_map import ScoreReduction
+from .anomaly_map import Misalignment, ScoreReduction
 from .augmentation import Nuisance, NuisanceAugmentation, NuisanceConfig
 from .backbone import fold_legacy_state_dict
 from .loss import AlignmentLoss
@@ -69,15 +70,17 @@ ARCHITECTURE_ARGUMENTS = (
     "prior_channels",
     "structure_window",
     "anomaly_map_sigma",
+    "misalignment",
 )
 ARCHITECTURE_KEY = "hlgfa_architecture"
 OBSOLETE_BLUR_KERNEL = "anomaly_map_generator.blur.kernel"  # saved by versions before the separable blur
 BACKBONE_STATE_PREFIX = "model.feature_extractor.feature_extractor."
-STANDARDIZATION_STATE_PREFIX = "model.standardization."  # feature statistics, new in 0.2.0
 
 
 def _plain(value: Any) -> Any:  # noqa: ANN401
-    """Compare sequences as lists: a checkpoint may hold ``layers`` as a tuple or a list."""
+    """Compare sequences as lists (a checkpoint may hold ``layers`` as a tuple or a list) and enums as values."""
+    if isinstance(value, Enum):
+        return value.value
     return list(value) if isinstance(value, list | tuple) else value
 
 
@@ -101,6 +104,11 @@ class Hlgfa(AnomalibModule):
         score_reduction (ScoreReduction | str): Image score from the map: ``"max"`` or ``"topk_mean"``
             (the mean of the top ``topk_ratio`` of pixels). Defaults to ``"topk_mean"``.
         topk_ratio (float): Fraction of pixels averaged by ``"topk_mean"``. Defaults to ``0.01``.
+        misalignment (Misalignment | str): How prediction and high-resolution features are compared:
+            ``"cosine"``, or ``"standardised_rms"`` (features standardised per channel with statistics of
+            the clean training images, fitted at the start of training; localised better on both real
+            categories, but lost image AUROC with the default augmentation: ``docs/ablation.md``).
+            Defaults to ``"cosine"``.
         augmentation (NuisanceConfig | None): Noise-aware augmentation of the training images (dust,
             fibres, stains, illumination, sensor noise, blur), applied to training batches only, never in
             validation, test or predict. ``None`` trains on the images as they are. Defaults to
@@ -122,8 +130,8 @@ class Hlgfa(AnomalibModule):
 
     @classmethod
     def checkpoint_safe_globals(cls) -> Sequence[Any]:
-        """Allowlist ``ScoreReduction`` and the augmentation settings for ``weights_only`` checkpoint loads."""
-        return (ScoreReduction, NuisanceConfig, Nuisance)
+        """Allowlist the enums and the augmentation settings for ``weights_only`` checkpoint loads."""
+        return (ScoreReduction, Misalignment, NuisanceConfig, Nuisance)
 
     def __init__(
         self,
@@ -137,6 +145,7 @@ class Hlgfa(AnomalibModule):
         anomaly_map_sigma: float = 4.0,
         score_reduction: ScoreReduction | str = ScoreReduction.TOPK_MEAN,
         topk_ratio: float = 0.01,
+        misalignment: Misalignment | str = Misalignment.COSINE,
         augmentation: NuisanceConfig | None = NuisanceConfig(),  # noqa: B008 (frozen, so safe to share)
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -169,8 +178,9 @@ class Hlgfa(AnomalibModule):
             anomaly_map_sigma=anomaly_map_sigma,
             score_reduction=score_reduction,
             topk_ratio=topk_ratio,
+            misalignment=misalignment,
         )
-        self.loss = AlignmentLoss()
+        self.loss = AlignmentLoss(misalignment)
         self.augmentation = NuisanceAugmentation(augmentation) if augmentation is not None else None
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
@@ -247,7 +257,8 @@ class Hlgfa(AnomalibModule):
         if self.augmentation is not None:
             # Reproducible per fit, and different nuisances on each distributed process.
             self.augmentation.reseed(self.augmentation.config.seed + self.global_rank)
-        self._fit_feature_statistics()
+        if self.model.standardization:
+            self._fit_feature_statistics()
 
     def _fit_feature_statistics(self) -> None:
         """Standardise the backbone features with their per-channel statistics on the training images.
@@ -387,15 +398,6 @@ class Hlgfa(AnomalibModule):
         if not differing and not mismatches:
             return
         details = differing + mismatches[:5] + ([f"... and {len(mismatches) - 5} more"] if len(mismatches) > 5 else [])
-        if any(key.startswith(STANDARDIZATION_STATE_PREFIX) and key not in state for key in own):
-            msg = (
-                "This checkpoint was trained by anomalib-hlgfa before 0.2.0, whose misalignment was a cosine "
-                "distance on unstandardised features; this version standardises the features with statistics "
-                "fitted at training and scores a different distance, so the checkpoint cannot be used. Retrain "
-                "the model with this version (or use anomalib-hlgfa 0.1 for this checkpoint).\n  "
-                + "\n  ".join(details)
-            )
-            raise ValueError(msg)
         msg = (
             "This checkpoint does not fit this HLGFA model's configuration:\n  "
             + "\n  ".join(details)

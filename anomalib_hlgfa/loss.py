@@ -3,27 +3,34 @@
 import torch
 from torch import nn
 
-from .anomaly_map import squared_error_map
+from .anomaly_map import Misalignment, cosine_distance, squared_error_map
 
 
 class AlignmentLoss(nn.Module):
-    """Mean squared difference between refined and high-resolution features, over channels, positions and levels.
+    """Mean misalignment between refined and high-resolution features, over positions and levels.
 
-    Both are standardised per channel (see ``HlgfaModel``), so every channel counts in units of its
-    normal variation. At inference the anomaly map is the root of the same per-position error, so
-    training minimises what is scored.
+    With the cosine misalignment, the mean cosine distance: exactly what is scored at inference. With
+    ``"standardised_rms"``, the mean squared difference of the standardised features, whose root per
+    position is the anomaly map.
+
+    Args:
+        misalignment (Misalignment | str): ``"cosine"`` or ``"standardised_rms"``. Defaults to ``"cosine"``.
     """
+
+    def __init__(self, misalignment: Misalignment | str = Misalignment.COSINE) -> None:
+        super().__init__()
+        self.misalignment = Misalignment(misalignment)
 
     def forward(self, predictions: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
         """Compute the loss.
 
         Args:
             predictions (list[torch.Tensor]): Per level, refined features ``(B, C_l, h_l, w_l)``.
-            targets (list[torch.Tensor]): Per level, standardised high-resolution features ``(B, C_l, h_l, w_l)``.
+            targets (list[torch.Tensor]): Per level, high-resolution features ``(B, C_l, h_l, w_l)``.
 
         Returns:
-            torch.Tensor: Scalar loss, non-negative.
+            torch.Tensor: Scalar loss, non-negative (cosine: at most 2).
         """
+        distance = cosine_distance if self.misalignment == Misalignment.COSINE else squared_error_map
         pairs = zip(predictions, targets, strict=True)
-        per_level = [squared_error_map(prediction, target).mean() for prediction, target in pairs]
-        return torch.stack(per_level).mean()
+        return torch.stack([distance(prediction, target).mean() for prediction, target in pairs]).mean()

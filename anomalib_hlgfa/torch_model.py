@@ -8,8 +8,9 @@ Forward pass, all inside the model so that an exported graph carries it:
 
 1. The low-resolution view is made by area (box-filter) downsampling by ``downsample_factor``, which
    antialiases.
-2. One frozen backbone extracts multi-level features from both views, standardised per channel with
-   the statistics of normal training images (``fit_feature_statistics``; before it, they pass unchanged).
+2. One frozen backbone extracts multi-level features from both views (with
+   ``misalignment="standardised_rms"``, standardised per channel with the statistics of normal training
+   images, see ``set_feature_statistics``).
 3. Per level, the high-resolution features are split into a structure prior (low-pass) and a detail
    prior (high-pass residue), each projected to a few channels so that they cannot carry the
    high-resolution features themselves (no identity shortcut).
@@ -17,8 +18,7 @@ Forward pass, all inside the model so that an exported graph carries it:
    by scale and shift maps predicted from the structure prior (SPADE-style).
 5. A gate driven by the detail prior decides where a residual correction is added.
 6. A 1x1 projection gives the prediction of the high-resolution features. Training aligns it with
-   them (mean squared difference); at inference the per-level misalignment (root-mean-square
-   difference) gives the anomaly map and image score.
+   them; at inference the per-level misalignment gives the anomaly map and image score.
 
 Example:
     >>> model = HlgfaModel(pre_trained=False).eval()
@@ -34,7 +34,7 @@ from anomalib.data import InferenceBatch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from .anomaly_map import AnomalyMapGenerator, ScoreReduction
+from .anomaly_map import AnomalyMapGenerator, Misalignment, ScoreReduction
 from .backbone import OFFLINE_BACKBONE, create_feature_extractor
 
 DEFAULT_BACKBONE = OFFLINE_BACKBONE  # ImageNet weights without a model hub
@@ -243,6 +243,10 @@ class HlgfaModel(nn.Module):
         anomaly_map_sigma (float): Gaussian smoothing of the anomaly map, in input pixels. Defaults to ``4``.
         score_reduction (ScoreReduction | str): ``"max"`` or ``"topk_mean"`` of the map. Defaults to ``"topk_mean"``.
         topk_ratio (float): Fraction of pixels averaged by ``"topk_mean"``. Defaults to ``0.01``.
+        misalignment (Misalignment | str): ``"cosine"`` (cosine distance of the raw features) or
+            ``"standardised_rms"`` (root-mean-square difference of per-channel standardised features, whose
+            statistics must be fitted with ``set_feature_statistics``; ``Hlgfa`` does it at the start of
+            training). Defaults to ``"cosine"``.
     """
 
     def __init__(
@@ -257,8 +261,10 @@ class HlgfaModel(nn.Module):
         anomaly_map_sigma: float = 4.0,
         score_reduction: ScoreReduction | str = ScoreReduction.TOPK_MEAN,
         topk_ratio: float = 0.01,
+        misalignment: Misalignment | str = Misalignment.COSINE,
     ) -> None:
         super().__init__()
+        self.misalignment = Misalignment(misalignment)
         for name, value, minimum in (
             ("downsample_factor", downsample_factor, 2),
             ("hidden_channels", hidden_channels, 1),
@@ -270,8 +276,10 @@ class HlgfaModel(nn.Module):
                 raise ValueError(msg)
         self.downsample_factor = downsample_factor
         self.feature_extractor = create_feature_extractor(backbone, layers, pre_trained=pre_trained)
+        # Only the standardised misalignment has statistics: cosine models keep 0.1's state dict.
+        standardized = self.misalignment == Misalignment.STANDARDISED_RMS
         self.standardization = nn.ModuleList(
-            FeatureStandardization(channels) for channels in self.feature_extractor.out_dims
+            FeatureStandardization(channels) for channels in (self.feature_extractor.out_dims if standardized else ())
         )
         self.heads = nn.ModuleList(
             RefinementHead(channels, hidden_channels, prior_channels, structure_window)
@@ -281,6 +289,7 @@ class HlgfaModel(nn.Module):
             sigma=anomaly_map_sigma,
             score_reduction=score_reduction,
             topk_ratio=topk_ratio,
+            misalignment=self.misalignment,
         )
         self.backbone_name, self.layers = backbone, list(layers)
         self.deepest_stride = max(self.feature_extractor.feature_extractor.feature_info.reduction())
@@ -352,8 +361,15 @@ class HlgfaModel(nn.Module):
             moments (Sequence[torch.Tensor]): Per level, ``(3, C_l)``: counts, sums and sums of squares.
 
         Raises:
-            ValueError: If the moments do not match the levels, or hold fewer than two positions.
+            ValueError: If the model does not standardise, the moments do not match the levels, or they
+                hold fewer than two positions.
         """
+        if not self.standardization:
+            msg = (
+                "Feature statistics are only used with misalignment='standardised_rms', "
+                f"not {self.misalignment.value!r}."
+            )
+            raise ValueError(msg)
         if len(moments) != len(self.standardization):
             msg = f"Expected moments for {len(self.standardization)} feature levels, got {len(moments)}."
             raise ValueError(msg)
@@ -376,13 +392,14 @@ class HlgfaModel(nn.Module):
 
         Returns:
             tuple[list[torch.Tensor], list[torch.Tensor]]: Per level, the predictions and the
-            standardised high-resolution features, each ``(B, C_l, h_l, w_l)``.
+            high-resolution features (standardised if the misalignment is), each ``(B, C_l, h_l, w_l)``.
         """
         images = images.contiguous(memory_format=torch.channels_last)  # matches the backbone's layout
         high = list(self.feature_extractor(images).values())
         low = list(self.feature_extractor(self.low_resolution_view(images)).values())
-        high = [standardize(features) for standardize, features in zip(self.standardization, high, strict=True)]
-        low = [standardize(features) for standardize, features in zip(self.standardization, low, strict=True)]
+        if self.standardization:
+            high = [standardize(features) for standardize, features in zip(self.standardization, high, strict=True)]
+            low = [standardize(features) for standardize, features in zip(self.standardization, low, strict=True)]
         predictions = []
         for head, high_features, low_features in zip(self.heads, high, low, strict=True):
             low_on_high_grid = F.interpolate(

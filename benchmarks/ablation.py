@@ -10,8 +10,8 @@ full training.
 Variants: the full model; each part of the method removed (see ``anomalib_hlgfa.torch_model.ABLATIONS``);
 and the choices left open by the paper: feature levels, downsampling factor, prior channels, head width,
 structure window, fusion of the levels, score reduction, epochs (tested after 5, 10 and 20 epochs of
-one training), and the misalignment. Variants measured before 0.2 use the cosine distance on raw
-features (``misalignment="cosine"``, anomalib-hlgfa 0.1); Hlgfa's since 0.2 is ``"standardised_rms"``.
+one training), and the misalignment (Hlgfa's ``misalignment`` argument: ``"cosine"``, the default and
+every variant's unless named, or ``"standardised_rms"``; and three other comparisons).
 
 Usage::
 
@@ -36,13 +36,13 @@ from torch.nn import functional as F  # noqa: N812
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_hlgfa import Hlgfa
-from anomalib_hlgfa.anomaly_map import AnomalyMapGenerator, misalignment_map, squared_error_map
+from anomalib_hlgfa.anomaly_map import AnomalyMapGenerator, cosine_distance, misalignment_map, squared_error_map
 from anomalib_hlgfa.loss import AlignmentLoss
 from anomalib_hlgfa.torch_model import HlgfaModel, RefinementHead
 
 ALL_LEVELS = ("blocks.1", "blocks.2", "blocks.4", "blocks.6")
 FACTORS = (2, 4)
-LEVELS_0_2 = ("blocks.2", "blocks.4", "blocks.6")  # Hlgfa's default levels since 0.1
+DEFAULT_LEVELS = ("blocks.2", "blocks.4", "blocks.6")  # Hlgfa's default levels
 SCORES = ("max", "topk_mean")
 MISALIGNMENTS = (
     "cosine",
@@ -65,9 +65,9 @@ class Variant:
     structure_window: int = 4
     ablation: str = "full"
     fusion: str = "mean"
-    # "cosine": 1 - cos on the raw features (anomalib-hlgfa 0.1, every row measured before 0.2);
-    # "standardised_rms": Hlgfa's since 0.2 (features standardised per channel with the training
-    # statistics, mean squared difference as the loss, its root as the map); "standardised_cosine" and
+    # "cosine": 1 - cos on the raw features (Hlgfa's default); "standardised_rms": Hlgfa's
+    # misalignment="standardised_rms" (features standardised per channel with the training statistics,
+    # mean squared difference as the loss, its root as the map); "standardised_cosine" and
     # "centred_cosine": the cosine on standardised or only centred features; "standardised_squared": the
     # map without the root.
     misalignment: str = "cosine"
@@ -103,10 +103,8 @@ VARIANTS = [
     Variant("fusion: max over levels", fusion="max"),
     Variant("fusion: per-level normalised mean", fusion="normalised_mean", score_reductions=("max", "topk_mean")),
     *(
-        Variant(
-            f"levels blocks.2+4+6, misalignment {name}", layers=LEVELS_0_2, misalignment=name, score_reductions=SCORES
-        )
-        for name in MISALIGNMENTS
+        Variant(f"levels blocks.2+4+6, misalignment {m}", layers=DEFAULT_LEVELS, misalignment=m, score_reductions=SCORES)
+        for m in MISALIGNMENTS
     ),
 ]
 
@@ -196,15 +194,10 @@ def head_inputs(
     return lows, highs
 
 
-def cosine_distance(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``1 - cos`` per position ``(B, 1, h, w)``: anomalib-hlgfa 0.1's misalignment."""
-    return 1 - F.cosine_similarity(prediction, target, dim=1).unsqueeze(1)
-
-
 def level_map(variant: Variant, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The variant's per-position misalignment ``(B, 1, h, w)`` of one level."""
     if variant.misalignment == "standardised_rms":
-        return misalignment_map(prediction, target)
+        return misalignment_map(prediction, target, "standardised_rms")
     if variant.misalignment == "standardised_squared":
         return squared_error_map(prediction, target)
     return cosine_distance(prediction, target)
@@ -213,7 +206,7 @@ def level_map(variant: Variant, prediction: torch.Tensor, target: torch.Tensor) 
 def loss_of(variant: Variant, predictions: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
     """The variant's training loss: the mean squared difference (``AlignmentLoss``) or the mean cosine distance."""
     if variant.misalignment.endswith(("rms", "squared")):
-        return AlignmentLoss()(predictions, targets)
+        return AlignmentLoss("standardised_rms")(predictions, targets)
     return torch.stack([cosine_distance(p, t).mean() for p, t in zip(predictions, targets, strict=True)]).mean()
 
 

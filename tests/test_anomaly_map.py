@@ -11,7 +11,7 @@ from anomalib_hlgfa.anomaly_map import SeparableGaussianBlur, misalignment_map
 def _features_with_one_mismatch(row: int, col: int) -> tuple[torch.Tensor, torch.Tensor]:
     target = torch.ones(1, 4, 8, 8)
     prediction = target.clone()
-    prediction[0, :, row, col] = -1  # 2 apart in every channel: root-mean-square difference 2 at this cell only
+    prediction[0, :, row, col] = -1  # opposite direction: cosine distance 2 at this cell only
     return prediction, target
 
 
@@ -67,19 +67,35 @@ def test_unknown_score_reduction() -> None:
         AnomalyMapGenerator(score_reduction="median")
 
 
-def test_loss_is_the_mean_squared_difference() -> None:
+def test_loss_is_mean_cosine_distance() -> None:
     prediction, target = _features_with_one_mismatch(row=3, col=3)
-    # One of 64 cells 2 apart in each of its 4 channels (squared difference 4) on level one; level two aligned.
+    # One of 64 cells at distance 2 on level one; level two aligned.
     loss = AlignmentLoss()([prediction, target], [target, target])
+    assert loss.item() == pytest.approx((2 / 64) / 2)
+
+
+def test_standardised_loss_is_the_mean_squared_difference() -> None:
+    prediction, target = _features_with_one_mismatch(row=3, col=3)
+    # The same cell is 2 apart in each of its 4 channels: squared difference 4.
+    loss = AlignmentLoss("standardised_rms")([prediction, target], [target, target])
     assert loss.item() == pytest.approx((4 / 64) / 2)
 
 
-def test_misalignment_is_the_root_mean_square_difference_over_channels() -> None:
+def test_standardised_misalignment_is_the_root_mean_square_difference_over_channels() -> None:
     target = torch.zeros(1, 4, 2, 2)
     prediction = target.clone()
     prediction[0, 0, 0, 0] = 3  # one channel of four: sqrt(9 / 4)
     prediction[0, :, 1, 1] = -1  # every channel: sqrt(4 / 4)
     expected = torch.tensor([[1.5, 0.0], [0.0, 1.0]]).reshape(1, 1, 2, 2)
-    assert torch.allclose(misalignment_map(prediction, target), expected)
-    # Not a cosine: features along the target's own direction but twice as long are misaligned.
-    assert misalignment_map(2 * torch.ones(1, 4, 1, 1), torch.ones(1, 4, 1, 1)).item() == pytest.approx(1.0)
+    assert torch.allclose(misalignment_map(prediction, target, "standardised_rms"), expected)
+    # Unlike the cosine, it sees features along the target's own direction but twice as long.
+    longer, target = 2 * torch.ones(1, 4, 1, 1), torch.ones(1, 4, 1, 1)
+    assert misalignment_map(longer, target, "standardised_rms").item() == pytest.approx(1.0)
+    assert misalignment_map(longer, target, "cosine").item() == pytest.approx(0.0, abs=1e-6)
+    generator = AnomalyMapGenerator(sigma=0, misalignment="standardised_rms")
+    assert generator([prediction], [torch.zeros(1, 4, 2, 2)], (2, 2))[0].equal(expected)
+
+
+def test_unknown_misalignment() -> None:
+    with pytest.raises(ValueError, match="euclid"):
+        AnomalyMapGenerator(misalignment="euclid")

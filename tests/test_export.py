@@ -78,6 +78,22 @@ def test_openvino_graph_matches_torch(
     _assert_parity(_run_openvino(openvino_fp32, images), torch_outputs)
 
 
+def test_standardised_misalignment_exports_with_its_statistics(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The fitted feature statistics are constants of the exported graph: OpenVINO matches torch."""
+    torch.manual_seed(0)
+    model = Hlgfa(**TINY, image_size=SIZE, max_epochs=1, misalignment="standardised_rms")
+    datamodule = MVTecAD(root=tiny_dataset, category="gravel", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    engine = Engine(default_root_dir=tmp_path / "train", logger=False, enable_progress_bar=False)
+    engine.fit(model=model, datamodule=datamodule)
+    assert not torch.equal(model.model.standardization[0].std, torch.ones_like(model.model.standardization[0].std))
+    model.eval()
+    images = torch.rand(2, 3, 80, 96)
+    with torch.no_grad():
+        reference = {name: value.numpy() for name, value in model(images)._asdict().items() if value is not None}
+    path = model.to_openvino(export_root=tmp_path / "openvino", input_size=(80, 96))
+    _assert_parity(_run_openvino(path, images), reference)
+
+
 def test_torch_export_loads_in_torch_inferencer(
     model_and_inputs: tuple[Hlgfa, torch.Tensor],
     torch_outputs: dict[str, np.ndarray],

@@ -113,10 +113,12 @@ def test_fit_test_and_checkpoint_round_trip(trained: tuple[Hlgfa, Path, dict]) -
     assert restored.post_processor.image_threshold == model.post_processor.image_threshold
 
 
-def test_fit_standardises_with_the_clean_training_images(trained: tuple[Hlgfa, Path, dict], tiny_dataset: Path) -> None:
+def test_fit_standardises_with_the_clean_training_images(tiny_dataset: Path, tmp_path: Path) -> None:
     """The statistics are those of the pre-processed training images, without the nuisance augmentation."""
-    model, _, _ = trained
-    assert model.augmentation is not None  # training batches were augmented; the statistics must not be
+    model = _tiny_hlgfa(max_epochs=1, misalignment="standardised_rms")
+    assert model.augmentation is not None  # training batches are augmented; the statistics must not be
+    engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    engine.fit(model=model, datamodule=_tiny_datamodule(tiny_dataset))
     datamodule = _tiny_datamodule(tiny_dataset)
     datamodule.setup()
     images = torch.stack([item.image for item in datamodule.train_data])
@@ -125,19 +127,11 @@ def test_fit_standardises_with_the_clean_training_images(trained: tuple[Hlgfa, P
     for standardization, level in zip(model.model.standardization, features.values(), strict=True):
         torch.testing.assert_close(standardization.mean.flatten(), level.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(standardization.std.flatten(), level.std(dim=(0, 2, 3)), rtol=1e-3, atol=1e-5)
-
-
-def test_checkpoint_from_before_feature_standardisation_is_refused_with_the_reason(
-    trained: tuple[Hlgfa, Path, dict],
-    tmp_path: Path,
-) -> None:
-    _, checkpoint, _ = trained
-    saved = torch.load(checkpoint, weights_only=False)
-    saved["state_dict"] = {k: v for k, v in saved["state_dict"].items() if ".standardization." not in k}
-    earlier = tmp_path / "cosine.ckpt"
-    torch.save(saved, earlier)
-    with pytest.raises(ValueError, match=r"before 0\.2\.0(.|\n)*Retrain(.|\n)*model\.standardization\.0\.mean"):
-        Hlgfa.load_from_checkpoint(earlier)
+    # The statistics are saved and restored with the model.
+    checkpoint = tmp_path / "standardised.ckpt"
+    engine.trainer.save_checkpoint(checkpoint)
+    restored = Hlgfa.load_from_checkpoint(checkpoint)
+    assert torch.equal(restored.model.standardization[0].std, model.model.standardization[0].std)
 
 
 def test_cli_test_and_load_from_checkpoint_give_identical_scores(
@@ -258,6 +252,7 @@ def test_checkpoint_with_unfolded_batch_norms_loads_with_the_same_features(
         ({"layers": ("blocks.1", "blocks.4")}, r"layers: checkpoint \['blocks.1', 'blocks.2'\], this model"),
         ({"structure_window": 2}, r"structure_window: checkpoint 4, this model 2"),  # no tensor changes shape
         ({"downsample_factor": 4}, r"downsample_factor: checkpoint 2, this model 4"),
+        ({"misalignment": "standardised_rms"}, r"misalignment: checkpoint 'cosine', this model 'standardised_rms'"),
     ],
 )
 def test_checkpoint_with_another_configuration_is_refused(

@@ -48,8 +48,9 @@ def test_forward_on_any_size_gives_a_finite_map_of_that_size_or_a_clear_error(
     assert output.pred_score.shape == (batch_size,)
     assert torch.isfinite(output.anomaly_map).all()
     assert torch.isfinite(output.pred_score).all()
-    # Root-mean-square differences, averaged and smoothed with a normalised (non-negative) kernel.
+    # Cosine distances, averaged and smoothed with a normalised kernel, stay within [0, 2].
     assert output.anomaly_map.min() >= 0
+    assert output.anomaly_map.max() <= 2 + 1e-5
     # The score is the model's reduction of its own map (top-1 % mean by default): never above the max.
     assert torch.allclose(output.pred_score, eval_model.anomaly_map_generator.image_score(output.anomaly_map))
     assert (output.pred_score <= output.anomaly_map.flatten(1).amax(dim=1) + 1e-6).all()

@@ -61,7 +61,9 @@ def test_backbone_is_frozen_during_training(tiny_model: HlgfaModel) -> None:
         assert torch.equal(value, backbone_before[key]), key
 
 
-def test_feature_statistics_standardise_the_normal_features(tiny_model: HlgfaModel) -> None:
+def test_feature_statistics_standardise_the_normal_features() -> None:
+    torch.manual_seed(0)
+    tiny_model = HlgfaModel(**TINY, misalignment="standardised_rms")
     images = texture_crops(6, 64)
     # Moments of two batches add up to those of all six images.
     first, second = tiny_model.feature_moments(images[:4]), tiny_model.feature_moments(images[4:])
@@ -79,10 +81,18 @@ def test_feature_statistics_standardise_the_normal_features(tiny_model: HlgfaMod
     assert targets[0].mean(dim=(0, 2, 3)).abs().max() < 1e-4
 
 
-def test_feature_statistics_must_match_the_levels(tiny_model: HlgfaModel) -> None:
+def test_feature_statistics_must_match_the_levels() -> None:
+    tiny_model = HlgfaModel(**TINY, misalignment="standardised_rms")
     moments = tiny_model.feature_moments(texture_crops(2, 64))
     with pytest.raises(ValueError, match="moments for 2 feature levels, got 1"):
         tiny_model.set_feature_statistics(moments[:1])
+
+
+def test_cosine_model_has_no_feature_statistics(tiny_model: HlgfaModel) -> None:
+    """The default keeps 0.1's state dict; statistics are refused with what uses them."""
+    assert not any("standardization" in key for key in tiny_model.state_dict())
+    with pytest.raises(ValueError, match="only used with misalignment='standardised_rms', not 'cosine'"):
+        tiny_model.set_feature_statistics(tiny_model.feature_moments(texture_crops(2, 64)))
 
 
 def test_loss_decreases_on_normal_images(tiny_model: HlgfaModel) -> None:
