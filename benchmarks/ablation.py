@@ -42,7 +42,7 @@ from anomalib_hlgfa.torch_model import HlgfaModel, RefinementHead
 
 ALL_LEVELS = ("blocks.1", "blocks.2", "blocks.4", "blocks.6")
 FACTORS = (2, 4)
-DEFAULT_LEVELS = ("blocks.2", "blocks.4", "blocks.6")  # Hlgfa's default levels
+LEVELS = ("blocks.2", "blocks.4", "blocks.6")  # Hlgfa's default levels
 SCORES = ("max", "topk_mean")
 MISALIGNMENTS = (
     "cosine",
@@ -103,7 +103,7 @@ VARIANTS = [
     Variant("fusion: max over levels", fusion="max"),
     Variant("fusion: per-level normalised mean", fusion="normalised_mean", score_reductions=("max", "topk_mean")),
     *(
-        Variant(f"levels blocks.2+4+6, misalignment {m}", layers=DEFAULT_LEVELS, misalignment=m, score_reductions=SCORES)
+        Variant(f"levels blocks.2+4+6, misalignment {m}", layers=LEVELS, misalignment=m, score_reductions=SCORES)
         for m in MISALIGNMENTS
     ),
 ]
