@@ -102,6 +102,8 @@ VARIANTS = [
     Variant("structure window 2", structure_window=2),
     Variant("fusion: max over levels", fusion="max"),
     Variant("fusion: per-level normalised mean", fusion="normalised_mean", score_reductions=("max", "topk_mean")),
+    Variant("levels blocks.2+4+6, hidden channels 128", layers=LEVELS, hidden_channels=128, score_reductions=SCORES),
+    Variant("levels blocks.2+4+6, prior channels 32", layers=LEVELS, prior_channels=32, score_reductions=SCORES),
     *(
         Variant(f"levels blocks.2+4+6, misalignment {m}", layers=LEVELS, misalignment=m, score_reductions=SCORES)
         for m in MISALIGNMENTS
