@@ -45,11 +45,13 @@ class InOrderMVTecAD(MVTecAD):
         )
 
 
-def _fit(root: Path, tmp_path: Path, batch_size: int, **trainer_arguments) -> Hlgfa:
+def _fit(root: Path, tmp_path: Path, batch_size: int, misalignment: str, **trainer_arguments) -> Hlgfa:
     torch.manual_seed(0)
     # Without augmentation: each process draws its own nuisances (seed + rank) by design, so only the
     # un-augmented computation can match one process exactly.
-    model = Hlgfa(**TINY, image_size=(64, 64), max_epochs=1, visualizer=False, augmentation=None)
+    model = Hlgfa(
+        **TINY, image_size=(64, 64), max_epochs=1, visualizer=False, augmentation=None, misalignment=misalignment
+    )
     engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, **trainer_arguments)
     datamodule = InOrderMVTecAD(
         root=root,
@@ -62,21 +64,35 @@ def _fit(root: Path, tmp_path: Path, batch_size: int, **trainer_arguments) -> Hl
     return model
 
 
-def test_ddp_spawn_on_two_cpu_processes_matches_one_process(tiny_dataset: Path, tmp_path: Path) -> None:
-    single = _fit(tiny_dataset, tmp_path / "single", batch_size=4)
+# With "standardised_rms" each process fits the feature statistics on its half of the training images and
+# the moments are summed across processes: the statistics, and so the training, must match one process.
+@pytest.mark.parametrize("misalignment", ["cosine", "standardised_rms"])
+def test_ddp_spawn_on_two_cpu_processes_matches_one_process(
+    tiny_dataset: Path, tmp_path: Path, misalignment: str
+) -> None:
+    single = _fit(tiny_dataset, tmp_path / "single", batch_size=4, misalignment=misalignment)
     distributed = _fit(
         tiny_dataset,
         tmp_path / "ddp",
         batch_size=2,  # per process: 2 processes x 2 = the single process's 4
+        misalignment=misalignment,
         strategy="ddp_spawn",
         accelerator="cpu",
         devices=2,
     )
     # The trained weights came back from the spawned processes: the heads moved away from their start.
     torch.manual_seed(0)
-    initial = Hlgfa(**TINY, image_size=(64, 64), max_epochs=1, augmentation=None)
+    initial = Hlgfa(**TINY, image_size=(64, 64), max_epochs=1, augmentation=None, misalignment=misalignment)
     moved = max((a - b).abs().max() for a, b in zip(initial.parameters(), distributed.parameters(), strict=True))
     assert moved > 1e-3
+
+    levels = zip(single.model.standardization, distributed.model.standardization, strict=True)
+    for single_level, distributed_level in levels:
+        torch.testing.assert_close(distributed_level.mean, single_level.mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(distributed_level.std, single_level.std, rtol=1e-5, atol=1e-6)
+    if misalignment == "standardised_rms":  # fitted, not left at the identity
+        fitted_std = single.model.standardization[0].std
+        assert not torch.equal(fitted_std, torch.ones_like(fitted_std))
 
     datamodule = MVTecAD(root=tiny_dataset, category="gravel", num_workers=0)
     datamodule.setup()
