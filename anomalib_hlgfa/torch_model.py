@@ -70,6 +70,36 @@ class FeatureStandardization(nn.Module):
         self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
         self.register_buffer("std", torch.ones(1, channels, 1, 1))
 
+    @staticmethod
+    def moments(features: torch.Tensor) -> torch.Tensor:
+        """Per-channel count, sum and sum of squares of features ``(B, C, h, w)``, to fit the statistics.
+
+        Returns:
+            torch.Tensor: ``(3, C)`` float64: the number of positions (in every column), the sums and the
+            sums of squares. Moments of several batches (and processes) add up.
+        """
+        values = features.double().transpose(0, 1).flatten(start_dim=1)  # (C, B * h * w)
+        count = torch.full_like(values[:, 0], values.shape[1])
+        return torch.stack([count, values.sum(dim=1), values.pow(2).sum(dim=1)])
+
+    @torch.no_grad()
+    def fit(self, moments: torch.Tensor) -> None:
+        """Set the mean and the (unbiased) standard deviation from summed ``moments`` ``(3, C)``.
+
+        Raises:
+            ValueError: If the moments hold fewer than two positions.
+        """
+        count, total, total_of_squares = moments
+        if float(count.min()) < 2:
+            msg = "Feature statistics need at least two feature positions: give more or larger images."
+            raise ValueError(msg)
+        mean = total / count
+        variance = (total_of_squares / count - mean.pow(2)).clamp_min(0) * count / (count - 1)
+        # A channel that never varies on normal images would divide by zero: floor its scale.
+        std = variance.sqrt().clamp_min(1e-6 * float(variance.sqrt().max().clamp_min(1e-12)))
+        self.mean.copy_(mean.reshape_as(self.mean))
+        self.std.copy_(std.reshape_as(self.std))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Standardise features ``(B, C, h, w)``."""
         return (features - self.mean) / self.std
@@ -347,12 +377,7 @@ class HlgfaModel(nn.Module):
         """
         self.check_input(images)
         images = images.contiguous(memory_format=torch.channels_last)
-        moments = []
-        for features in self.feature_extractor(images).values():
-            values = features.double().transpose(0, 1).flatten(start_dim=1)  # (C, B * h * w)
-            count = torch.full_like(values[:, 0], values.shape[1])
-            moments.append(torch.stack([count, values.sum(dim=1), values.pow(2).sum(dim=1)]))
-        return moments
+        return [FeatureStandardization.moments(features) for features in self.feature_extractor(images).values()]
 
     def set_feature_statistics(self, moments: Sequence[torch.Tensor]) -> None:
         """Set each level's standardisation from moments summed over normal images (``feature_moments``).
@@ -373,16 +398,8 @@ class HlgfaModel(nn.Module):
         if len(moments) != len(self.standardization):
             msg = f"Expected moments for {len(self.standardization)} feature levels, got {len(moments)}."
             raise ValueError(msg)
-        for standardization, (count, total, total_of_squares) in zip(self.standardization, moments, strict=True):
-            if float(count.min()) < 2:
-                msg = "Feature statistics need at least two feature positions: give more or larger images."
-                raise ValueError(msg)
-            mean = total / count
-            variance = (total_of_squares / count - mean.pow(2)).clamp_min(0) * count / (count - 1)
-            # A channel that never varies on normal images would divide by zero: floor its scale.
-            std = variance.sqrt().clamp_min(1e-6 * float(variance.sqrt().max().clamp_min(1e-12)))
-            standardization.mean.copy_(mean.reshape_as(standardization.mean))
-            standardization.std.copy_(std.reshape_as(standardization.std))
+        for standardization, level_moments in zip(self.standardization, moments, strict=True):
+            standardization.fit(level_moments)
 
     def align(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Extract both views' features and predict the high-resolution ones from the low-resolution ones.

@@ -38,7 +38,7 @@ from torchmetrics.functional.classification import binary_auroc
 from anomalib_hlgfa import Hlgfa
 from anomalib_hlgfa.anomaly_map import AnomalyMapGenerator, cosine_distance, misalignment_map, squared_error_map
 from anomalib_hlgfa.loss import AlignmentLoss
-from anomalib_hlgfa.torch_model import HlgfaModel, RefinementHead
+from anomalib_hlgfa.torch_model import FeatureStandardization, HlgfaModel, RefinementHead
 
 ALL_LEVELS = ("blocks.1", "blocks.2", "blocks.4", "blocks.6")
 FACTORS = (2, 4)
@@ -159,12 +159,16 @@ def cached_category(root: str, category: str, cache_dir: Path, size: tuple[int, 
 
 
 def feature_statistics(train_features: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per level, the per-channel mean and standard deviation of the training images' high-resolution features."""
+    """Per level, the per-channel mean and standard deviation of the training images' high-resolution features.
+
+    Fitted by ``HlgfaModel``'s own ``FeatureStandardization``, as ``Hlgfa`` fits them at the start of training.
+    """
     statistics = {}
     for level in ALL_LEVELS:
-        features = train_features[f"high/{level}"].double()
-        mean, std = features.mean(dim=(0, 2, 3), keepdim=True), features.std(dim=(0, 2, 3), keepdim=True)
-        statistics[level] = (mean.float(), std.clamp_min(1e-6 * float(std.max())).float())
+        features = train_features[f"high/{level}"]
+        standardization = FeatureStandardization(features.shape[1])
+        standardization.fit(FeatureStandardization.moments(features))
+        statistics[level] = (standardization.mean, standardization.std)
     return statistics
 
 
