@@ -5,13 +5,20 @@ the high-resolution features, per position: by default their cosine distance; wi
 ``misalignment="standardised_rms"``, the root-mean-square difference over channels of features
 standardised per channel with the statistics of normal training images. Each level's map is upsampled
 to the input size, the levels are averaged, and the result is smoothed with a Gaussian. The image score
-is a reduction of the map: its maximum, or the mean of its top-k pixels.
+is a reduction of the map: its maximum, or the mean of its top-k pixels. With
+``misalignment="standardised_rms_cosine"`` the anomaly map is the standardised RMS difference and the
+image score is reduced from a second map, fused and smoothed alike: per position the geometric mean of
+the RMS difference and the cosine distance of the standardised features.
 
 What the two measure (``docs/ablation.md``): the cosine ignores how far a feature vector moves along its
 own direction and weighs channels by their raw magnitude; the standardised difference counts every
 channel in units of its normal variation. Without augmentation it localised better on both real
 categories (AUPRO +8 points on solar_cell, +6 on magnetic_tile, same image AUROC), but with the default
-augmentation it lost image AUROC, so the cosine stays the default.
+augmentation it lost image AUROC, so the cosine stays the default. Its RMS map localises best, but
+as an image score the RMS and the cosine distance each miss defects the other sees: the RMS counts how
+far features move, the cosine only how far they turn. Scoring images by their geometric mean, on the
+same trained heads, raised image AUROC by 1.5-5 points on both categories and two seeds
+(``standardised_rms_cosine``).
 """
 
 from enum import Enum
@@ -34,6 +41,12 @@ class Misalignment(str, Enum):
 
     COSINE = "cosine"
     STANDARDISED_RMS = "standardised_rms"
+    STANDARDISED_RMS_COSINE = "standardised_rms_cosine"
+
+    @property
+    def standardised(self) -> bool:
+        """Whether the features are standardised per channel with statistics of normal training images."""
+        return self != Misalignment.COSINE
 
 
 def cosine_distance(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -76,8 +89,9 @@ def misalignment_map(
     Args:
         prediction (torch.Tensor): Refined low-resolution features, shape ``(B, C, h, w)``.
         target (torch.Tensor): High-resolution features, shape ``(B, C, h, w)``.
-        misalignment (Misalignment | str): ``"cosine"`` or ``"standardised_rms"`` (features standardised
-            by the model). Defaults to ``"cosine"``.
+        misalignment (Misalignment | str): ``"cosine"``, or ``"standardised_rms"`` or
+            ``"standardised_rms_cosine"`` (features standardised by the model; both map the RMS
+            difference). Defaults to ``"cosine"``.
 
     Returns:
         torch.Tensor: Shape ``(B, 1, h, w)``, non-negative (cosine: at most 2).
@@ -85,6 +99,21 @@ def misalignment_map(
     if Misalignment(misalignment) == Misalignment.COSINE:
         return cosine_distance(prediction, target)
     return squared_error_map(prediction, target).sqrt()
+
+
+def rms_cosine_map(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Geometric mean of the RMS difference and the cosine distance, per position: how far and how much turned.
+
+    Args:
+        prediction (torch.Tensor): Refined low-resolution features, standardised, shape ``(B, C, h, w)``.
+        target (torch.Tensor): High-resolution features, standardised, shape ``(B, C, h, w)``.
+
+    Returns:
+        torch.Tensor: Shape ``(B, 1, h, w)``, non-negative.
+    """
+    # Rounding can put 1 - cos a hair below 0 for aligned vectors; the root must not see it.
+    distance = cosine_distance(prediction, target).clamp_min(0)
+    return (squared_error_map(prediction, target).sqrt() * distance).sqrt()
 
 
 class SeparableGaussianBlur(nn.Module):
@@ -129,8 +158,9 @@ class AnomalyMapGenerator(nn.Module):
             Defaults to ``4``.
         score_reduction (ScoreReduction | str): ``"max"`` or ``"topk_mean"``. Defaults to ``"max"``.
         topk_ratio (float): Fraction of pixels averaged by ``"topk_mean"``. Defaults to ``0.01``.
-        misalignment (Misalignment | str): Per-level comparison, see :func:`misalignment_map`.
-            Defaults to ``"cosine"``.
+        misalignment (Misalignment | str): Per-level comparison, see :func:`misalignment_map`; with
+            ``"standardised_rms_cosine"`` the score is reduced from the fused :func:`rms_cosine_map`
+            instead of the anomaly map. Defaults to ``"cosine"``.
     """
 
     def __init__(
@@ -167,17 +197,17 @@ class AnomalyMapGenerator(nn.Module):
         Returns:
             tuple[torch.Tensor, torch.Tensor]: Anomaly map ``(B, 1, H, W)`` and image score ``(B,)``.
         """
-        level_maps = [
-            F.interpolate(
-                misalignment_map(prediction, target, self.misalignment),
-                size=image_size,
-                mode="bilinear",
-                align_corners=False,
-            )
-            for prediction, target in zip(predictions, targets, strict=True)
-        ]
-        anomaly_map = self.blur(torch.stack(level_maps).mean(dim=0))
-        return anomaly_map, self.image_score(anomaly_map)
+        pairs = list(zip(predictions, targets, strict=True))
+        anomaly_map = self.fuse([misalignment_map(p, t, self.misalignment) for p, t in pairs], image_size)
+        if self.misalignment != Misalignment.STANDARDISED_RMS_COSINE:
+            return anomaly_map, self.image_score(anomaly_map)
+        score_map = self.fuse([rms_cosine_map(p, t) for p, t in pairs], image_size)
+        return anomaly_map, self.image_score(score_map)
+
+    def fuse(self, level_maps: list[torch.Tensor], image_size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        """Upsample per-level maps ``(B, 1, h_l, w_l)`` to ``image_size``, average and smooth: ``(B, 1, H, W)``."""
+        upsampled = [F.interpolate(m, size=image_size, mode="bilinear", align_corners=False) for m in level_maps]
+        return self.blur(torch.stack(upsampled).mean(dim=0))
 
     def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         """Reduce an anomaly map ``(B, 1, H, W)`` to one score per image ``(B,)``."""

@@ -107,8 +107,9 @@ class Hlgfa(AnomalibModule):
         misalignment (Misalignment | str): How prediction and high-resolution features are compared:
             ``"cosine"``, or ``"standardised_rms"`` (features standardised per channel with statistics of
             the clean training images, fitted at the start of training; localised better on both real
-            categories, but lost image AUROC with the default augmentation: ``docs/ablation.md``).
-            Defaults to ``"cosine"``.
+            categories, but lost image AUROC with the default augmentation: ``docs/ablation.md``), or
+            ``"standardised_rms_cosine"`` (the same training and map; images scored from the geometric
+            mean of the RMS difference and the cosine distance). Defaults to ``"cosine"``.
         augmentation (NuisanceConfig | None): Noise-aware augmentation of the training images (dust,
             fibres, stains, illumination, sensor noise, blur), applied to training batches only, never in
             validation, test or predict. ``None`` trains on the images as they are. Defaults to

@@ -9,12 +9,13 @@ from .anomaly_map import Misalignment, cosine_distance, squared_error_map
 class AlignmentLoss(nn.Module):
     """Mean misalignment between refined and high-resolution features, over positions and levels.
 
-    With the cosine misalignment, the mean cosine distance: exactly what is scored at inference. With
-    ``"standardised_rms"``, the mean squared difference of the standardised features, whose root per
-    position is the anomaly map.
+    With the cosine misalignment, the mean cosine distance: exactly what is scored at inference. With a
+    standardised one (``"standardised_rms"``, ``"standardised_rms_cosine"``), the mean squared difference
+    of the standardised features, whose root per position is the anomaly map.
 
     Args:
-        misalignment (Misalignment | str): ``"cosine"`` or ``"standardised_rms"``. Defaults to ``"cosine"``.
+        misalignment (Misalignment | str): ``"cosine"``, ``"standardised_rms"`` or
+            ``"standardised_rms_cosine"``. Defaults to ``"cosine"``.
     """
 
     def __init__(self, misalignment: Misalignment | str = Misalignment.COSINE) -> None:
@@ -31,6 +32,6 @@ class AlignmentLoss(nn.Module):
         Returns:
             torch.Tensor: Scalar loss, non-negative (cosine: at most 2).
         """
-        distance = cosine_distance if self.misalignment == Misalignment.COSINE else squared_error_map
+        distance = squared_error_map if self.misalignment.standardised else cosine_distance
         pairs = zip(predictions, targets, strict=True)
         return torch.stack([distance(prediction, target).mean() for prediction, target in pairs]).mean()

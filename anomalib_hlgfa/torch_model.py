@@ -8,9 +8,9 @@ Forward pass, all inside the model so that an exported graph carries it:
 
 1. The low-resolution view is made by area (box-filter) downsampling by ``downsample_factor``, which
    antialiases.
-2. One frozen backbone extracts multi-level features from both views (with
-   ``misalignment="standardised_rms"``, standardised per channel with the statistics of normal training
-   images, see ``set_feature_statistics``).
+2. One frozen backbone extracts multi-level features from both views (with a standardised
+   misalignment, ``"standardised_rms"`` or ``"standardised_rms_cosine"``, standardised per channel with
+   the statistics of normal training images, see ``set_feature_statistics``).
 3. Per level, the high-resolution features are split into a structure prior (low-pass) and a detail
    prior (high-pass residue), each projected to a few channels so that they cannot carry the
    high-resolution features themselves (no identity shortcut).
@@ -273,10 +273,12 @@ class HlgfaModel(nn.Module):
         anomaly_map_sigma (float): Gaussian smoothing of the anomaly map, in input pixels. Defaults to ``4``.
         score_reduction (ScoreReduction | str): ``"max"`` or ``"topk_mean"`` of the map. Defaults to ``"topk_mean"``.
         topk_ratio (float): Fraction of pixels averaged by ``"topk_mean"``. Defaults to ``0.01``.
-        misalignment (Misalignment | str): ``"cosine"`` (cosine distance of the raw features) or
+        misalignment (Misalignment | str): ``"cosine"`` (cosine distance of the raw features),
             ``"standardised_rms"`` (root-mean-square difference of per-channel standardised features, whose
             statistics must be fitted with ``set_feature_statistics``; ``Hlgfa`` does it at the start of
-            training). Defaults to ``"cosine"``.
+            training) or ``"standardised_rms_cosine"`` (the same map; the image score from the geometric
+            mean of that difference and the cosine distance, see ``AnomalyMapGenerator``). Defaults to
+            ``"cosine"``.
     """
 
     def __init__(
@@ -307,7 +309,7 @@ class HlgfaModel(nn.Module):
         self.downsample_factor = downsample_factor
         self.feature_extractor = create_feature_extractor(backbone, layers, pre_trained=pre_trained)
         # Only the standardised misalignment has statistics: cosine models keep 0.1's state dict.
-        standardized = self.misalignment == Misalignment.STANDARDISED_RMS
+        standardized = self.misalignment.standardised
         self.standardization = nn.ModuleList(
             FeatureStandardization(channels) for channels in (self.feature_extractor.out_dims if standardized else ())
         )
@@ -391,8 +393,8 @@ class HlgfaModel(nn.Module):
         """
         if not self.standardization:
             msg = (
-                "Feature statistics are only used with misalignment='standardised_rms', "
-                f"not {self.misalignment.value!r}."
+                "Feature statistics are only used with a standardised misalignment ('standardised_rms' or "
+                f"'standardised_rms_cosine'), not {self.misalignment.value!r}."
             )
             raise ValueError(msg)
         if len(moments) != len(self.standardization):

@@ -6,10 +6,10 @@ each training family (dust, fibres, stains, illumination, noise, blur; at the fi
 ``TEST_SET_FAMILIES``) with probability 0.5, drawn with a seed training does not use; the images keep
 their normal label. The defective test images and their masks stay as they are. Then, per model, it
 trains on the clean training images, fits the thresholds on the clean test split (anomalib's default
-validation) and reports on both test sets: image AUROC, pixel AUROC, and the share of normal images
-flagged at the post-processor's image threshold (false-positive rate), and, at a fixed operating point
-(the threshold that flags 5 % of the clean normals), the share of nuisance normals flagged and the
-share of clean defective images caught.
+validation) and reports on both test sets: image AUROC, pixel AUROC and AUPRO, and the share of
+normal images flagged at the post-processor's image threshold (false-positive rate), and, at a fixed
+operating point (the threshold that flags 5 % of the clean normals), the share of nuisance normals
+flagged and the share of clean defective images caught.
 
 Models: ``hlgfa`` (with its default noise-aware augmentation), ``hlgfa_no_augmentation`` and
 ``patchcore_subset`` (PatchCore on the same lite0 backbone, as in ``compare.py``); on request the earlier
@@ -25,7 +25,8 @@ Usage::
 Kept results (``OUTPUT/jobs/CATEGORY__MODEL__seedN.json``, one per ``--seeds`` entry) are reused unless
 ``--rerun``; ``--report-only`` writes the table from them. The table goes to ``OUTPUT/robustness.md`` and
 ``OUTPUT/robustness.csv``.
-``--hlgfa-layers`` and ``--hlgfa-score-reduction`` override HLGFA's defaults (recorded in each result).
+``--hlgfa-layers``, ``--hlgfa-score-reduction`` and ``--hlgfa-misalignment`` override HLGFA's defaults
+(recorded in each result; give each setting its own ``--output``, since kept jobs are named by model only).
 """
 
 import argparse
@@ -45,6 +46,7 @@ from kornia.filters import gaussian_blur2d
 from PIL import Image
 from torchvision.transforms.v2.functional import jpeg
 
+from anomalib_hlgfa.anomaly_map import Misalignment
 from anomalib_hlgfa.augmentation import FAMILIES, Nuisance, NuisanceAugmentation, NuisanceConfig
 
 MODELS = (
@@ -211,15 +213,17 @@ def build(name: str, image_size: tuple[int, int], hlgfa_arguments: dict, seed: i
 
 
 def evaluate(engine, model, datamodule, held_out: dict[str, str] | None) -> dict:  # noqa: ANN001
-    """Image and pixel AUROC and the false-positive rate on normals, from ``engine.predict`` on the test split."""
-    from anomalib.metrics import AUROC
+    """Image and pixel AUROC, AUPRO and the false-positive rate on normals, from ``engine.predict`` on the test set."""
+    from anomalib.metrics import AUPRO, AUROC
 
     image_auroc = AUROC(fields=["pred_score", "gt_label"])
     pixel_auroc = AUROC(fields=["anomaly_map", "gt_mask"], strict=False)
+    pixel_aupro = AUPRO(fields=["anomaly_map", "gt_mask"], strict=False)
     flagged, names, scores = [], [], []
     for batch in engine.predict(model=model, dataloaders=datamodule.test_dataloader()):
         image_auroc.update(batch)
         pixel_auroc.update(batch)
+        pixel_aupro.update(batch)
         for path, label, prediction, score in zip(
             batch.image_path, batch.gt_label, batch.pred_label, batch.pred_score, strict=True
         ):
@@ -231,6 +235,7 @@ def evaluate(engine, model, datamodule, held_out: dict[str, str] | None) -> dict
     result = {
         "image_auroc": float(image_auroc.compute()),
         "pixel_auroc": float(pixel_auroc.compute()),
+        "pixel_aupro": float(pixel_aupro.compute()),
         "fpr": float(np.mean(flagged)),
         "normals": len(flagged),
         "scores": scores,
@@ -253,7 +258,11 @@ def run_job(model_name: str, category: str, args: argparse.Namespace, held_out: 
     image_size = (args.image_size, args.image_size)
     hlgfa_arguments = {
         name: value
-        for name, value in (("layers", args.hlgfa_layers), ("score_reduction", args.hlgfa_score_reduction))
+        for name, value in (
+            ("layers", args.hlgfa_layers),
+            ("score_reduction", args.hlgfa_score_reduction),
+            ("misalignment", args.hlgfa_misalignment),
+        )
         if value is not None
     }
     model = build(model_name, image_size, hlgfa_arguments, args.seed)
@@ -355,7 +364,7 @@ def write_table(rows: list[dict], args: argparse.Namespace) -> str:
     header = [
         "category", "model", "seed", "image AUROC clean", "image AUROC nuisance", "drop", "pixel AUROC clean",
         "pixel AUROC nuisance", "FPR clean normals", "FPR nuisance normals", "FPR jpeg", "FPR lens smudge",
-        "FPR nuisance @5%", "FPR jpeg @5%", "FPR smudge @5%", "defect recall @5%",
+        "FPR nuisance @5%", "FPR jpeg @5%", "FPR smudge @5%", "defect recall @5%", "AUPRO clean", "AUPRO nuisance",
     ]  # fmt: skip
 
     def figures(row: dict) -> list[float]:
@@ -366,7 +375,9 @@ def write_table(rows: list[dict], args: argparse.Namespace) -> str:
             nuisance["fpr_jpeg"], nuisance["fpr_lens_smudge"],
         ]  # fmt: skip
         keys = ("fpr", "fpr_jpeg", "fpr_lens_smudge", "defect_recall_clean")
-        return values + [point[key] if point else math.nan for key in keys]
+        # Jobs kept from before AUPRO was measured have none.
+        aupro = [clean.get("pixel_aupro", math.nan), nuisance.get("pixel_aupro", math.nan)]
+        return values + [point[key] if point else math.nan for key in keys] + aupro
 
     table = []
     groups: dict[tuple[str, str], list[list[float]]] = {}
@@ -410,6 +421,11 @@ def main() -> None:
     parser.add_argument("--patchcore-subset", type=int, default=200, help="Training images for PatchCore.")
     parser.add_argument("--hlgfa-layers", nargs="+", help="HLGFA's layers (default: the model's default).")
     parser.add_argument("--hlgfa-score-reduction", choices=["max", "topk_mean"], help="HLGFA's image score.")
+    parser.add_argument(
+        "--hlgfa-misalignment",
+        choices=[m.value for m in Misalignment],
+        help="HLGFA's misalignment (default: the model's default).",
+    )
     parser.add_argument("--report-only", action="store_true", help="Only write the table from kept results.")
     parser.add_argument("--rerun", action="store_true", help="Ignore kept results and run every job again.")
     args = parser.parse_args()

@@ -5,7 +5,7 @@ import torch
 from kornia.filters import GaussianBlur2d
 
 from anomalib_hlgfa import AlignmentLoss, AnomalyMapGenerator
-from anomalib_hlgfa.anomaly_map import SeparableGaussianBlur, misalignment_map
+from anomalib_hlgfa.anomaly_map import SeparableGaussianBlur, misalignment_map, rms_cosine_map
 
 
 def _features_with_one_mismatch(row: int, col: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,6 +94,34 @@ def test_standardised_misalignment_is_the_root_mean_square_difference_over_chann
     assert misalignment_map(longer, target, "cosine").item() == pytest.approx(0.0, abs=1e-6)
     generator = AnomalyMapGenerator(sigma=0, misalignment="standardised_rms")
     assert generator([prediction], [torch.zeros(1, 4, 2, 2)], (2, 2))[0].equal(expected)
+
+
+def test_rms_cosine_map_is_the_geometric_mean_of_rms_and_cosine_distance() -> None:
+    target = torch.ones(1, 4, 1, 3)
+    prediction = target.clone()
+    prediction[0, :, 0, 1] = 2  # twice as long, same direction: RMS 1, cosine distance 0
+    prediction[0, :2, 0, 2] = -1  # half the channels flipped: RMS sqrt(2), cosine distance 1
+    expected = torch.tensor([0.0, 0.0, 2**0.25]).reshape(1, 1, 1, 3)
+    torch.testing.assert_close(rms_cosine_map(prediction, target), expected)
+    # Rounding can make 1 - cos of aligned vectors slightly negative: never a NaN.
+    aligned = torch.full((1, 7, 1, 1), 0.1)
+    assert rms_cosine_map(aligned, aligned.clone()).item() == 0
+
+
+def test_rms_cosine_scores_images_from_its_own_map_and_keeps_the_rms_map() -> None:
+    target = torch.ones(2, 4, 4, 4)
+    prediction = target.clone()
+    prediction[0, :, 1, 1] = 3  # image 0: one cell far away along the target's direction (cosine 0)
+    prediction[1, :2, 2, 2] = -1  # image 1: one cell turned, nearer (RMS sqrt(2) < 2)
+    rms_cosine = AnomalyMapGenerator(sigma=0, score_reduction="max", misalignment="standardised_rms_cosine")
+    rms = AnomalyMapGenerator(sigma=0, score_reduction="max", misalignment="standardised_rms")
+    anomaly_map, score = rms_cosine([prediction], [target], (4, 4))
+    rms_map, rms_score = rms([prediction], [target], (4, 4))
+    assert anomaly_map.equal(rms_map)
+    assert rms_score[0] > rms_score[1]  # the RMS ranks the longer vector first
+    torch.testing.assert_close(score, torch.tensor([0.0, 2**0.25]))  # the turned one is the anomaly
+    loss = AlignmentLoss("standardised_rms_cosine")([prediction], [target])
+    assert loss.item() == pytest.approx(AlignmentLoss("standardised_rms")([prediction], [target]).item())
 
 
 def test_unknown_misalignment() -> None:

@@ -91,7 +91,8 @@ def test_feature_statistics_must_match_the_levels() -> None:
 def test_cosine_model_has_no_feature_statistics(tiny_model: HlgfaModel) -> None:
     """The default keeps 0.1's state dict; statistics are refused with what uses them."""
     assert not any("standardization" in key for key in tiny_model.state_dict())
-    with pytest.raises(ValueError, match="only used with misalignment='standardised_rms', not 'cosine'"):
+    refused = r"standardised misalignment \('standardised_rms' or 'standardised_rms_cosine'\), not 'cosine'"
+    with pytest.raises(ValueError, match=refused):
         tiny_model.set_feature_statistics(tiny_model.feature_moments(texture_crops(2, 64)))
 
 
