@@ -27,9 +27,9 @@ def main() -> None:
     parser.add_argument("--by-node", action="store_true", help="One row per node instead of per op type.")
     args = parser.parse_args()
 
-    compiled = ov.Core().compile_model(
-        args.model_xml, "CPU", {"INFERENCE_NUM_THREADS": args.threads, "PERF_COUNT": True}
-    )
+    # FP32 where not quantised, as benchmarks/deployment.py times it (BF16 is the default on CPUs that have it).
+    config = {"INFERENCE_NUM_THREADS": args.threads, "PERF_COUNT": True, "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = ov.Core().compile_model(args.model_xml, "CPU", config)
     request = compiled.create_infer_request()
     images = np.random.default_rng(0).random((args.batch, 3, args.image_size, args.image_size), dtype=np.float32)
     for _ in range(2):
