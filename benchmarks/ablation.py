@@ -11,7 +11,8 @@ Variants: the full model; each part of the method removed (see ``anomalib_hlgfa.
 and the choices left open by the paper: feature levels, downsampling factor, prior channels, head width,
 structure window, fusion of the levels, score reduction, epochs (tested after 5, 10 and 20 epochs of
 one training), and the misalignment (Hlgfa's ``misalignment`` argument: ``"cosine"``, the default and
-every variant's unless named, or ``"standardised_rms"``; and three other comparisons).
+every variant's unless named, ``"standardised_rms"`` or ``"standardised_rms_cosine"``; and three other
+comparisons).
 
 Usage::
 
@@ -36,7 +37,13 @@ from torch.nn import functional as F  # noqa: N812
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_hlgfa import Hlgfa
-from anomalib_hlgfa.anomaly_map import AnomalyMapGenerator, cosine_distance, misalignment_map, squared_error_map
+from anomalib_hlgfa.anomaly_map import (
+    AnomalyMapGenerator,
+    cosine_distance,
+    misalignment_map,
+    rms_cosine_map,
+    squared_error_map,
+)
 from anomalib_hlgfa.loss import AlignmentLoss
 from anomalib_hlgfa.torch_model import FeatureStandardization, HlgfaModel, RefinementHead
 
@@ -47,6 +54,7 @@ SCORES = ("max", "topk_mean")
 MISALIGNMENTS = (
     "cosine",
     "standardised_rms",
+    "standardised_rms_cosine",
     "standardised_squared",
     "standardised_cosine",
     "centred_cosine",
@@ -69,7 +77,8 @@ class Variant:
     # misalignment="standardised_rms" (features standardised per channel with the training statistics,
     # mean squared difference as the loss, its root as the map); "standardised_cosine" and
     # "centred_cosine": the cosine on standardised or only centred features; "standardised_squared": the
-    # map without the root.
+    # map without the root; "standardised_rms_cosine": Hlgfa's option of that name (as "standardised_rms",
+    # images scored from the geometric mean of the RMS difference and the cosine distance).
     misalignment: str = "cosine"
     score_reductions: tuple[str, ...] = ("max",)
     epochs: tuple[int, ...] = (10,)
@@ -202,7 +211,7 @@ def head_inputs(
 
 def level_map(variant: Variant, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The variant's per-position misalignment ``(B, 1, h, w)`` of one level."""
-    if variant.misalignment == "standardised_rms":
+    if variant.misalignment in ("standardised_rms", "standardised_rms_cosine"):
         return misalignment_map(prediction, target, "standardised_rms")
     if variant.misalignment == "standardised_squared":
         return squared_error_map(prediction, target)
@@ -211,7 +220,7 @@ def level_map(variant: Variant, prediction: torch.Tensor, target: torch.Tensor) 
 
 def loss_of(variant: Variant, predictions: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
     """The variant's training loss: the mean squared difference (``AlignmentLoss``) or the mean cosine distance."""
-    if variant.misalignment.endswith(("rms", "squared")):
+    if variant.misalignment.endswith(("rms", "squared", "rms_cosine")):
         return AlignmentLoss("standardised_rms")(predictions, targets)
     return torch.stack([cosine_distance(p, t).mean() for p, t in zip(predictions, targets, strict=True)]).mean()
 
@@ -249,11 +258,14 @@ def evaluate(
     """Image AUROC, pixel AUROC and AUPRO of the current heads, per score reduction."""
     heads.eval()
     generator = AnomalyMapGenerator(sigma=4.0)
-    maps = []
+    maps, score_maps = [], []
     for start in range(0, len(test["labels"]), 32):
         lows, highs = head_inputs(test["features"], variant, slice(start, start + 32), features_statistics)
         predictions = [head(low, high) for head, low, high in zip(heads, lows, highs, strict=True)]
         level_maps = [level_map(variant, p, h) for p, h in zip(predictions, highs, strict=True)]
+        if variant.misalignment == "standardised_rms_cosine":  # the image score has its own map
+            pairs = zip(predictions, highs, strict=True)
+            score_maps.append(fuse(generator, [rms_cosine_map(p, h) for p, h in pairs], size))
         if variant.fusion == "mean":
             anomaly_map = fuse(generator, level_maps, size)
         else:  # the per-level maps, each upsampled and smoothed as the generator does
@@ -273,8 +285,9 @@ def evaluate(
         "pixel_AUROC": float(binary_auroc(anomaly_maps.flatten(), masks.flatten().int())),
         "pixel_AUPRO": float(aupro.compute()),
     }
+    scored = torch.cat(score_maps) if score_maps else anomaly_maps
     for reduction in variant.score_reductions:
-        scores = AnomalyMapGenerator(sigma=4.0, score_reduction=reduction).image_score(anomaly_maps)
+        scores = AnomalyMapGenerator(sigma=4.0, score_reduction=reduction).image_score(scored)
         result[f"image_AUROC/{reduction}"] = float(binary_auroc(scores, labels))
     return result
 

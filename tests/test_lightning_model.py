@@ -252,7 +252,7 @@ def test_checkpoint_with_unfolded_batch_norms_loads_with_the_same_features(
         ({"layers": ("blocks.1", "blocks.4")}, r"layers: checkpoint \['blocks.1', 'blocks.2'\], this model"),
         ({"structure_window": 2}, r"structure_window: checkpoint 4, this model 2"),  # no tensor changes shape
         ({"downsample_factor": 4}, r"downsample_factor: checkpoint 2, this model 4"),
-        ({"misalignment": "standardised_rms"}, r"misalignment: checkpoint 'cosine', this model 'standardised_rms'"),
+        ({"misalignment": "cosine"}, r"misalignment: checkpoint 'standardised_rms_cosine', this model 'cosine'"),
     ],
 )
 def test_checkpoint_with_another_configuration_is_refused(
@@ -263,6 +263,21 @@ def test_checkpoint_with_another_configuration_is_refused(
     _, checkpoint, _ = trained
     with pytest.raises(ValueError, match=rf"does not fit this HLGFA model's configuration:(.|\n)*{named}"):
         Hlgfa.load_from_checkpoint(checkpoint, **override)
+
+
+def test_checkpoint_from_before_the_misalignment_argument_names_the_fix(
+    trained: tuple[Hlgfa, Path, dict],
+    tmp_path: Path,
+) -> None:
+    """0.1 saved no misalignment and no statistics: a cosine model, which the default (standardised) is not."""
+    _, checkpoint, _ = trained
+    content = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    for key in [key for key in content["state_dict"] if ".standardization." in key]:
+        del content["state_dict"][key]
+    del content["hyper_parameters"]["misalignment"], content["hlgfa_architecture"]["misalignment"]
+    torch.save(content, tmp_path / "old.ckpt")
+    with pytest.raises(ValueError, match=r"predates it \(cosine\); pass misalignment='cosine'"):
+        Hlgfa.load_from_checkpoint(tmp_path / "old.ckpt")
 
 
 def test_state_dict_of_another_configuration_is_refused_by_the_engine(

@@ -88,8 +88,9 @@ def test_feature_statistics_must_match_the_levels() -> None:
         tiny_model.set_feature_statistics(moments[:1])
 
 
-def test_cosine_model_has_no_feature_statistics(tiny_model: HlgfaModel) -> None:
-    """The default keeps 0.1's state dict; statistics are refused with what uses them."""
+def test_cosine_model_has_no_feature_statistics() -> None:
+    """The cosine misalignment keeps 0.1's state dict; statistics are refused with what uses them."""
+    tiny_model = HlgfaModel(**TINY, misalignment="cosine")
     assert not any("standardization" in key for key in tiny_model.state_dict())
     refused = r"standardised misalignment \('standardised_rms' or 'standardised_rms_cosine'\), not 'cosine'"
     with pytest.raises(ValueError, match=refused):
