@@ -11,8 +11,10 @@ def test_anomaly_map_peaks_at_a_pasted_defect() -> None:
     torch.manual_seed(0)
     model = HlgfaModel()  # default: lite0 with offline ImageNet weights, blocks.2 + blocks.4 + blocks.6
     normal = texture_crops(16, 128, seed=0)
+    # As Hlgfa does at the start of fit: the default misalignment standardises with the normal images' statistics.
+    model.set_feature_statistics(model.feature_moments(normal))
     optimizer = torch.optim.AdamW(model.heads.parameters(), lr=1e-3)
-    loss_fn = AlignmentLoss()
+    loss_fn = AlignmentLoss(model.misalignment)
     model.train()
     for step in range(40):
         batch = normal[(step % 2) * 8 : (step % 2) * 8 + 8]
