@@ -12,8 +12,16 @@ from . import image
 from .anomaly_map import AnomalyMapGenerator, Misalignment, ScoreReduction
 from .lightning_model import Hlgfa
 from .loss import AlignmentLoss
-from .torch_model import HlgfaModel
+from .torch_model import DetailPrior, HlgfaModel
 
 image.install()
 
-__all__ = ["AlignmentLoss", "AnomalyMapGenerator", "Hlgfa", "HlgfaModel", "Misalignment", "ScoreReduction"]
+__all__ = [
+    "AlignmentLoss",
+    "AnomalyMapGenerator",
+    "DetailPrior",
+    "Hlgfa",
+    "HlgfaModel",
+    "Misalignment",
+    "ScoreReduction",
+]

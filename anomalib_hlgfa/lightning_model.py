@@ -40,7 +40,7 @@ from .augmentation import Nuisance, NuisanceAugmentation, NuisanceConfig
 from .backbone import fold_legacy_state_dict
 from .loss import AlignmentLoss
 from .quantization import quantize_int8
-from .torch_model import DEFAULT_BACKBONE, DEFAULT_LAYERS, HlgfaModel
+from .torch_model import DEFAULT_BACKBONE, DEFAULT_LAYERS, DetailPrior, HlgfaModel
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -69,6 +69,7 @@ ARCHITECTURE_ARGUMENTS = (
     "hidden_channels",
     "prior_channels",
     "structure_window",
+    "detail_prior",
     "anomaly_map_sigma",
     "misalignment",
 )
@@ -100,6 +101,10 @@ class Hlgfa(AnomalibModule):
         prior_channels (int): Channels of each structure and detail prior. Defaults to ``8``.
         structure_window (int): Low-pass window, in feature cells, splitting structure from detail.
             Defaults to ``4``.
+        detail_prior (DetailPrior | str): What the detail prior driving the gate carries: ``"energy"``, the
+            local energy of the high-pass residue (where and how much detail, not its pattern), or
+            ``"residue"``, the residue itself (the default before 0.4, which let the heads copy thin
+            defects; ``docs/ablation.md``). Defaults to ``"energy"``.
         anomaly_map_sigma (float): Gaussian smoothing of the anomaly map, in pixels. Defaults to ``4``.
         score_reduction (ScoreReduction | str): Image score from the map: ``"max"`` or ``"topk_mean"``
             (the mean of the top ``topk_ratio`` of pixels). Defaults to ``"topk_mean"``.
@@ -133,7 +138,7 @@ class Hlgfa(AnomalibModule):
     @classmethod
     def checkpoint_safe_globals(cls) -> Sequence[Any]:
         """Allowlist the enums and the augmentation settings for ``weights_only`` checkpoint loads."""
-        return (ScoreReduction, Misalignment, NuisanceConfig, Nuisance)
+        return (ScoreReduction, Misalignment, DetailPrior, NuisanceConfig, Nuisance)
 
     def __init__(
         self,
@@ -144,6 +149,7 @@ class Hlgfa(AnomalibModule):
         hidden_channels: int = 64,
         prior_channels: int = 8,
         structure_window: int = 4,
+        detail_prior: DetailPrior | str = DetailPrior.ENERGY,
         anomaly_map_sigma: float = 4.0,
         score_reduction: ScoreReduction | str = ScoreReduction.TOPK_MEAN,
         topk_ratio: float = 0.01,
@@ -177,6 +183,7 @@ class Hlgfa(AnomalibModule):
             hidden_channels=hidden_channels,
             prior_channels=prior_channels,
             structure_window=structure_window,
+            detail_prior=detail_prior,
             anomaly_map_sigma=anomaly_map_sigma,
             score_reduction=score_reduction,
             topk_ratio=topk_ratio,
@@ -397,6 +404,9 @@ class Hlgfa(AnomalibModule):
                 if key in state and hasattr(state[key], "shape") and state[key].shape != own[key].shape
             ),
         ]
+        if "detail_prior" not in saved and _plain(self.hparams.get("detail_prior")) != DetailPrior.RESIDUE.value:
+            # Checkpoints before 0.4 predate the argument: same tensors, but their heads learned the residue.
+            differing.append("detail_prior: the checkpoint predates it (residue); pass detail_prior='residue'")
         if not differing and not mismatches:
             return
         if "misalignment" not in saved and any(".standardization." in m for m in mismatches):

@@ -12,8 +12,8 @@ Forward pass, all inside the model so that an exported graph carries it:
    misalignment, ``"standardised_rms"`` or ``"standardised_rms_cosine"``, standardised per channel with
    the statistics of normal training images, see ``set_feature_statistics``).
 3. Per level, the high-resolution features are split into a structure prior (low-pass) and a detail
-   prior (high-pass residue), each projected to a few channels so that they cannot carry the
-   high-resolution features themselves (no identity shortcut).
+   prior (the local energy of the high-pass residue), each projected to a few channels so that they
+   cannot carry the high-resolution features themselves (no identity shortcut).
 4. The low-resolution features, upsampled to the high-resolution grid, are normalised and modulated
    by scale and shift maps predicted from the structure prior (SPADE-style).
 5. A gate driven by the detail prior decides where a residual correction is added.
@@ -28,6 +28,7 @@ Example:
 """
 
 from collections.abc import Sequence
+from enum import Enum
 
 import torch
 from anomalib.data import InferenceBatch
@@ -39,6 +40,7 @@ from .backbone import OFFLINE_BACKBONE, create_feature_extractor
 
 DEFAULT_BACKBONE = OFFLINE_BACKBONE  # ImageNet weights without a model hub
 DEFAULT_LAYERS = ("blocks.2", "blocks.4", "blocks.6")
+DETAIL_ENERGY_EPSILON = 1e-6
 
 
 def low_pass(features: torch.Tensor, window: int) -> torch.Tensor:
@@ -105,6 +107,13 @@ class FeatureStandardization(nn.Module):
         return (features - self.mean) / self.std
 
 
+class DetailPrior(str, Enum):
+    """What the detail prior carries to the gate: how much high-frequency detail there is, or the detail itself."""
+
+    ENERGY = "energy"
+    RESIDUE = "residue"
+
+
 class PriorDecomposition(nn.Module):
     """Split high-resolution features into compressed structure and detail priors.
 
@@ -112,11 +121,23 @@ class PriorDecomposition(nn.Module):
         channels (int): Channels of the high-resolution feature level.
         prior_channels (int): Channels of each prior; few, so the priors guide but cannot copy.
         structure_window (int): Low-pass window in feature cells; larger means a coarser structure prior.
+        detail_prior (DetailPrior | str): ``"energy"``: the local root-mean-square of the projected
+            high-pass residue over the structure window, which says where and how much detail there is but
+            not what it looks like; ``"residue"``: the projected high-pass residue itself (the default
+            before 0.4), which let the heads copy thin defects such as cracks into their prediction
+            (``docs/ablation.md``). Defaults to ``"energy"``.
     """
 
-    def __init__(self, channels: int, prior_channels: int, structure_window: int) -> None:
+    def __init__(
+        self,
+        channels: int,
+        prior_channels: int,
+        structure_window: int,
+        detail_prior: DetailPrior | str = DetailPrior.ENERGY,
+    ) -> None:
         super().__init__()
         self.structure_window = structure_window
+        self.detail_prior = DetailPrior(detail_prior)
         self.structure_projection = nn.Conv2d(channels, prior_channels, kernel_size=1)
         self.detail_projection = nn.Conv2d(channels, prior_channels, kernel_size=1)
 
@@ -135,6 +156,9 @@ class PriorDecomposition(nn.Module):
         structure = low_pass(self.structure_projection(high_features), self.structure_window)
         detail = self.detail_projection(high_features)
         detail = detail - low_pass(detail, self.structure_window)
+        if self.detail_prior == DetailPrior.ENERGY:
+            # Pooled energy, not the pattern: the epsilon keeps the root's gradient finite where detail is 0.
+            detail = (low_pass(detail.square(), self.structure_window) + DETAIL_ENERGY_EPSILON).sqrt()
         return structure, detail
 
 
@@ -159,6 +183,8 @@ class RefinementHead(nn.Module):
         hidden_channels (int): Width of the head.
         prior_channels (int): Channels of the structure and detail priors.
         structure_window (int): Low-pass window of the prior decomposition, in feature cells.
+        detail_prior (DetailPrior | str): What the detail prior carries, see :class:`PriorDecomposition`.
+            Defaults to ``"energy"``.
         ablation (str): ``"full"`` (the method) or one of :data:`ABLATIONS`, for ablation studies.
     """
 
@@ -168,6 +194,7 @@ class RefinementHead(nn.Module):
         hidden_channels: int,
         prior_channels: int,
         structure_window: int,
+        detail_prior: DetailPrior | str = DetailPrior.ENERGY,
         ablation: str = "full",
     ) -> None:
         super().__init__()
@@ -177,7 +204,7 @@ class RefinementHead(nn.Module):
         self.ablation = ablation
         concat_structure = prior_channels if ablation == "no_modulation" else 0
         concat_detail = prior_channels if ablation == "no_gate" else 0
-        self.priors = PriorDecomposition(channels, prior_channels, structure_window)
+        self.priors = PriorDecomposition(channels, prior_channels, structure_window, detail_prior)
         if ablation == "single_resolution":
             bottleneck = max(1, channels // 4)
             self.input_projection = nn.Sequential(
@@ -270,6 +297,9 @@ class HlgfaModel(nn.Module):
         prior_channels (int): Channels of each structure and detail prior. Defaults to ``8``.
         structure_window (int): Low-pass window, in feature cells, splitting structure from detail.
             Defaults to ``4``.
+        detail_prior (DetailPrior | str): ``"energy"`` (the local energy of the high-pass residue: where
+            and how much detail, not its pattern) or ``"residue"`` (the residue itself, the default before
+            0.4), see :class:`PriorDecomposition`. Defaults to ``"energy"``.
         anomaly_map_sigma (float): Gaussian smoothing of the anomaly map, in input pixels. Defaults to ``4``.
         score_reduction (ScoreReduction | str): ``"max"`` or ``"topk_mean"`` of the map. Defaults to ``"topk_mean"``.
         topk_ratio (float): Fraction of pixels averaged by ``"topk_mean"``. Defaults to ``0.01``.
@@ -290,6 +320,7 @@ class HlgfaModel(nn.Module):
         hidden_channels: int = 64,
         prior_channels: int = 8,
         structure_window: int = 4,
+        detail_prior: DetailPrior | str = DetailPrior.ENERGY,
         anomaly_map_sigma: float = 4.0,
         score_reduction: ScoreReduction | str = ScoreReduction.TOPK_MEAN,
         topk_ratio: float = 0.01,
@@ -314,7 +345,7 @@ class HlgfaModel(nn.Module):
             FeatureStandardization(channels) for channels in (self.feature_extractor.out_dims if standardized else ())
         )
         self.heads = nn.ModuleList(
-            RefinementHead(channels, hidden_channels, prior_channels, structure_window)
+            RefinementHead(channels, hidden_channels, prior_channels, structure_window, detail_prior)
             for channels in self.feature_extractor.out_dims
         )
         self.anomaly_map_generator = AnomalyMapGenerator(

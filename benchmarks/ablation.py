@@ -71,6 +71,8 @@ class Variant:
     hidden_channels: int = 64
     prior_channels: int = 8
     structure_window: int = 4
+    # "residue" (the detail prior before 0.4, every variant's unless named) or "energy" (Hlgfa's default since 0.4)
+    detail_prior: str = "residue"
     ablation: str = "full"
     fusion: str = "mean"
     # "cosine": 1 - cos on the raw features (Hlgfa's default); "standardised_rms": Hlgfa's
@@ -86,6 +88,14 @@ class Variant:
 
 
 DEFAULT = Variant("full model (defaults)", score_reductions=("max", "topk_mean"), epochs=(5, 10, 20))
+# Hlgfa()'s defaults since 0.4 (levels, misalignment, detail prior), the base of the fourth round's variants.
+DEFAULT_04 = Variant(
+    "0.4 defaults",
+    layers=LEVELS,
+    misalignment="standardised_rms_cosine",
+    detail_prior="energy",
+    score_reductions=("topk_mean",),
+)
 VARIANTS = [
     DEFAULT,
     replace(
@@ -101,6 +111,7 @@ VARIANTS = [
     ),
     replace(DEFAULT, name="without gate", ablation="no_gate", score_reductions=("max",), epochs=(10,)),
     replace(DEFAULT, name="single resolution", ablation="single_resolution", score_reductions=("max",), epochs=(10,)),
+    DEFAULT_04,
     Variant("levels blocks.1+2+4", layers=("blocks.1", "blocks.2", "blocks.4")),
     Variant("levels blocks.2+4+6", layers=("blocks.2", "blocks.4", "blocks.6"), score_reductions=("max", "topk_mean")),
     Variant("level blocks.4 only", layers=("blocks.4",)),
@@ -116,6 +127,20 @@ VARIANTS = [
     *(
         Variant(f"levels blocks.2+4+6, misalignment {m}", layers=LEVELS, misalignment=m, score_reductions=SCORES)
         for m in MISALIGNMENTS
+    ),
+    *(
+        replace(DEFAULT_04, name=f"0.4 defaults, {name}", **changes)
+        for name, changes in (
+            ("detail prior residue (0.3)", {"detail_prior": "residue"}),
+            ("without detail prior", {"ablation": "no_detail_prior"}),
+            ("without structure prior", {"ablation": "no_structure_prior"}),
+            ("without conditional modulation", {"ablation": "no_modulation"}),
+            ("without gate", {"ablation": "no_gate"}),
+            ("single resolution", {"ablation": "single_resolution"}),
+            ("structure window 8", {"structure_window": 8}),
+            ("prior channels 4", {"prior_channels": 4}),
+            ("downsample factor 4", {"downsample_factor": 4}),
+        )
     ),
 ]
 
@@ -298,7 +323,14 @@ def run_variant(data: dict, variant: Variant, seed: int, size: tuple[int, int]) 
     train = data["train"]["features"]
     channels = [train[f"high/{level}"].shape[1] for level in variant.layers]
     heads = torch.nn.ModuleList(
-        RefinementHead(c, variant.hidden_channels, variant.prior_channels, variant.structure_window, variant.ablation)
+        RefinementHead(
+            c,
+            variant.hidden_channels,
+            variant.prior_channels,
+            variant.structure_window,
+            variant.detail_prior,
+            variant.ablation,
+        )
         for c in channels
     )
     optimizer = torch.optim.AdamW(heads.parameters(), lr=1e-3, weight_decay=1e-4)

@@ -51,3 +51,12 @@ def test_wide_resnet50_config_names_valid_layers_and_parses(tmp_path: Path) -> N
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert yaml.safe_load(result.stdout)["model"]["init_args"]["layers"] == ["layer1", "layer2", "layer3"]
+
+
+def test_wide_resnet50_config_keeps_every_other_default() -> None:
+    """It claims to differ from the offline default in backbone and layers only: hold it to that."""
+    init_args = yaml.safe_load(CONFIG.with_name("hlgfa_wide_resnet50.yaml").read_text())["model"]["init_args"]
+    signature = inspect.signature(Hlgfa.__init__).parameters
+    for name, value in init_args.items():
+        if name not in {"backbone", "layers"}:
+            assert value == _normalise(signature[name].default), name

@@ -207,9 +207,15 @@ def test_example_runs_openvino_on_a_folder_and_matches_torch(
     names = sorted(path.name for path in images.iterdir())
     assert [row["image"] for row in rows] == names
     assert sorted(path.name for path in (output / "overlays").iterdir()) == names
+    labels_compared = 0
     with torch.no_grad():
         for row in rows:
             image = torch.from_numpy(np.asarray(Image.open(images / row["image"]).convert("RGB")) / 255.0)
             expected = model(image.permute(2, 0, 1)[None].float())
             assert float(row["pred_score"]) == pytest.approx(float(expected.pred_score), abs=1e-5)
-            assert int(row["pred_label"]) == int(expected.pred_label)
+            # The adaptive threshold is one of the validation images' scores, and these images are among them:
+            # an image scored at the threshold itself (0.5 once normalised) gets its label from float rounding.
+            if abs(float(expected.pred_score) - 0.5) > 1e-5:
+                assert int(row["pred_label"]) == int(expected.pred_label)
+                labels_compared += 1
+    assert labels_compared >= len(rows) - 1
