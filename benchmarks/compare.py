@@ -19,8 +19,9 @@ Usage::
         --efficient-ad-assets results/efficientad_offline --output results/benchmark
 
 Finished jobs are kept (``<output>/jobs/*.json``) and skipped when the command runs again, so an
-interrupted run resumes; ``--rerun`` forces them. The table is written to ``results.csv``,
-``results.md`` and ``results.png`` under ``--output``.
+interrupted run resumes; ``--rerun`` forces them, and ``--retime`` measures only the inference columns of
+kept jobs again (the same trained models; for timing every model under the same load). The table is
+written to ``results.csv``, ``results.md`` and ``results.png`` under ``--output``.
 """
 
 import argparse
@@ -242,9 +243,13 @@ def run_job(model: str, category: str, args: argparse.Namespace) -> dict:
     """Fit+test, then inference, each in its own process. Returns the job's row."""
     job_dir = Path(args.output) / "jobs" / f"{category}__{model}"
     row_file = Path(args.output) / "jobs" / f"{category}__{model}.json"
-    if row_file.exists() and not args.rerun:
+    stages = ("fit", "infer")
+    kept = json.loads(row_file.read_text()) if row_file.exists() and not args.rerun else None
+    if kept is not None and not (args.retime and kept.get("status") == "ok"):
         print(f"[{category} / {model}] kept from an earlier run: {row_file}", flush=True)
-        return json.loads(row_file.read_text())
+        return kept
+    if kept is not None:  # --retime: the kept fit and its trained model, timed again
+        stages = ("infer",)
     job_dir.mkdir(parents=True, exist_ok=True)
     common = [
         sys.executable,
@@ -276,10 +281,11 @@ def run_job(model: str, category: str, args: argparse.Namespace) -> dict:
     ]
     if args.efficient_ad_assets:
         common += ["--efficient-ad-assets", args.efficient_ad_assets]
-    row: dict = {"category": category, "model": model, "threads": args.threads}
+    row: dict = kept or {"category": category, "model": model}
+    row["threads"] = args.threads
     budget = trainer_budget(model, args)
-    row["budget"] = " ".join(f"{k}={v}" for k, v in budget.items()) or "model default"
-    for stage in ("fit", "infer"):
+    row.setdefault("budget", " ".join(f"{k}={v}" for k, v in budget.items()) or "model default")
+    for stage in stages:
         print(f"[{category} / {model}] {stage} ...", flush=True)
         reason = run_process(
             [*common, "--worker", stage],
@@ -408,6 +414,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout-minutes", type=float, default=60)
     parser.add_argument("--memory-limit-gb", type=float, default=20)
     parser.add_argument("--rerun", action="store_true", help="Run jobs again even if a result is kept.")
+    parser.add_argument(
+        "--retime",
+        action="store_true",
+        help="Measure the inference columns of kept jobs again (their trained models), without refitting: "
+        "to time every model under the same load.",
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",

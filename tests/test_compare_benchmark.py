@@ -1,0 +1,69 @@
+"""benchmarks/compare.py's job bookkeeping: kept jobs are reused, and --retime times them again without refitting."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def _compare():
+    spec = importlib.util.spec_from_file_location("compare", BENCHMARKS / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def fake_stages(monkeypatch: pytest.MonkeyPatch):
+    """Replace the job processes: each stage writes its result file, and the stages run are recorded."""
+    compare = _compare()
+    stages: list[str] = []
+    results = {"fit": {"image_AUROC": 0.9, "fit_s": 100.0}, "infer": {"throughput_b32_img_s": 20.0}}
+
+    def run_process(command: list[str], log: Path, timeout_s: float, memory_limit_gb: float) -> None:
+        stage = command[command.index("--worker") + 1]
+        stages.append(stage)
+        (log.parent / f"{stage}.json").write_text(json.dumps({"status": "ok", **results[stage]}))
+
+    monkeypatch.setattr(compare, "run_process", run_process)
+    return compare, stages, results
+
+
+def test_kept_jobs_are_reused_and_retime_runs_only_inference(fake_stages, tmp_path: Path) -> None:
+    compare, stages, results = fake_stages
+    args = compare.parse_args([*_argv(tmp_path), "--threads", "1"])
+
+    first = compare.run_job("hlgfa", "cat", args)
+    assert stages == ["fit", "infer"]
+    assert first["throughput_b32_img_s"] == 20.0
+
+    assert compare.run_job("hlgfa", "cat", args) == first  # kept: nothing runs
+    assert stages == ["fit", "infer"]
+
+    results["infer"] = {"throughput_b32_img_s": 25.0}
+    retime = compare.parse_args([*_argv(tmp_path), "--retime", "--threads", "2"])
+    retimed = compare.run_job("hlgfa", "cat", retime)
+    assert stages == ["fit", "infer", "infer"]  # no refit
+    assert retimed["throughput_b32_img_s"] == 25.0
+    assert retimed["image_AUROC"] == 0.9  # the kept fit's columns stay
+    assert retimed["fit_s"] == 100.0
+    assert retimed["threads"] == 2
+    assert json.loads((tmp_path / "out" / "jobs" / "cat__hlgfa.json").read_text()) == retimed
+
+
+def test_retime_leaves_a_failed_job_as_it_was(fake_stages, tmp_path: Path) -> None:
+    compare, stages, _ = fake_stages
+    jobs = tmp_path / "out" / "jobs"
+    jobs.mkdir(parents=True)
+    failed = {"category": "cat", "model": "patchcore", "status": "failed (fit)", "reason": "timed out after 55 min"}
+    (jobs / "cat__patchcore.json").write_text(json.dumps(failed))
+    args = compare.parse_args([*_argv(tmp_path), "--retime"])
+    assert compare.run_job("patchcore", "cat", args) == failed
+    assert stages == []
+
+
+def _argv(tmp_path: Path) -> list[str]:
+    return ["--root", str(tmp_path), "--output", str(tmp_path / "out")]
