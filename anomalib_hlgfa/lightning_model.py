@@ -103,8 +103,8 @@ class Hlgfa(AnomalibModule):
             Defaults to ``4``.
         detail_prior (DetailPrior | str): What the detail prior driving the gate carries: ``"energy"``, the
             local energy of the high-pass residue (where and how much detail, not its pattern), or
-            ``"residue"``, the residue itself (the default before 0.4, which let the heads copy thin
-            defects; ``docs/ablation.md``). Defaults to ``"energy"``.
+            ``"residue"``, the residue itself (the default before 0.4, from which the heads can copy thin
+            defects; it detected worse, ``docs/ablation.md``). Defaults to ``"energy"``.
         anomaly_map_sigma (float): Gaussian smoothing of the anomaly map, in pixels. Defaults to ``4``.
         score_reduction (ScoreReduction | str): Image score from the map: ``"max"`` or ``"topk_mean"``
             (the mean of the top ``topk_ratio`` of pixels). Defaults to ``"topk_mean"``.

@@ -124,8 +124,8 @@ class PriorDecomposition(nn.Module):
         detail_prior (DetailPrior | str): ``"energy"``: the local root-mean-square of the projected
             high-pass residue over the structure window, which says where and how much detail there is but
             not what it looks like; ``"residue"``: the projected high-pass residue itself (the default
-            before 0.4), which let the heads copy thin defects such as cracks into their prediction
-            (``docs/ablation.md``). Defaults to ``"energy"``.
+            before 0.4), from which the heads can draw thin defects such as cracks into their prediction;
+            it detected worse on both real categories (``docs/ablation.md``). Defaults to ``"energy"``.
     """
 
     def __init__(
