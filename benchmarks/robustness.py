@@ -25,8 +25,9 @@ Usage::
 Kept results (``OUTPUT/jobs/CATEGORY__MODEL__seedN.json``, one per ``--seeds`` entry) are reused unless
 ``--rerun``; ``--report-only`` writes the table from them. The table goes to ``OUTPUT/robustness.md`` and
 ``OUTPUT/robustness.csv``.
-``--hlgfa-layers``, ``--hlgfa-score-reduction`` and ``--hlgfa-misalignment`` override HLGFA's defaults
-(recorded in each result; give each setting its own ``--output``, since kept jobs are named by model only).
+``--hlgfa-layers``, ``--hlgfa-score-reduction``, ``--hlgfa-misalignment`` and ``--hlgfa-detail-prior``
+override HLGFA's defaults (recorded in each result; give each setting its own ``--output``, since kept
+jobs are named by model only).
 """
 
 import argparse
@@ -48,6 +49,7 @@ from torchvision.transforms.v2.functional import jpeg
 
 from anomalib_hlgfa.anomaly_map import Misalignment
 from anomalib_hlgfa.augmentation import FAMILIES, Nuisance, NuisanceAugmentation, NuisanceConfig
+from anomalib_hlgfa.torch_model import DetailPrior
 
 MODELS = (
     "hlgfa",
@@ -262,6 +264,7 @@ def run_job(model_name: str, category: str, args: argparse.Namespace, held_out: 
             ("layers", args.hlgfa_layers),
             ("score_reduction", args.hlgfa_score_reduction),
             ("misalignment", args.hlgfa_misalignment),
+            ("detail_prior", args.hlgfa_detail_prior),
         )
         if value is not None
     }
@@ -425,6 +428,11 @@ def main() -> None:
         "--hlgfa-misalignment",
         choices=[m.value for m in Misalignment],
         help="HLGFA's misalignment (default: the model's default).",
+    )
+    parser.add_argument(
+        "--hlgfa-detail-prior",
+        choices=[d.value for d in DetailPrior],
+        help="HLGFA's detail prior (default: the model's default).",
     )
     parser.add_argument("--report-only", action="store_true", help="Only write the table from kept results.")
     parser.add_argument("--rerun", action="store_true", help="Ignore kept results and run every job again.")
