@@ -101,10 +101,10 @@ class Hlgfa(AnomalibModule):
         prior_channels (int): Channels of each structure and detail prior. Defaults to ``8``.
         structure_window (int): Low-pass window, in feature cells, splitting structure from detail.
             Defaults to ``4``.
-        detail_prior (DetailPrior | str): What the detail prior driving the gate carries: ``"energy"``, the
-            local energy of the high-pass residue (where and how much detail, not its pattern), or
-            ``"residue"``, the residue itself (the default before 0.4, from which the heads can copy thin
-            defects; it detected worse, ``docs/ablation.md``). Defaults to ``"energy"``.
+        detail_prior (DetailPrior | str): What the detail prior driving the gate carries: ``"residue"``, the
+            high-pass residue itself, or ``"energy"``, its local energy (where and how much detail, not its
+            pattern; better without augmentation, mixed with the default augmentation: ``docs/ablation.md``).
+            Defaults to ``"residue"``.
         anomaly_map_sigma (float): Gaussian smoothing of the anomaly map, in pixels. Defaults to ``4``.
         score_reduction (ScoreReduction | str): Image score from the map: ``"max"`` or ``"topk_mean"``
             (the mean of the top ``topk_ratio`` of pixels). Defaults to ``"topk_mean"``.
@@ -149,7 +149,7 @@ class Hlgfa(AnomalibModule):
         hidden_channels: int = 64,
         prior_channels: int = 8,
         structure_window: int = 4,
-        detail_prior: DetailPrior | str = DetailPrior.ENERGY,
+        detail_prior: DetailPrior | str = DetailPrior.RESIDUE,
         anomaly_map_sigma: float = 4.0,
         score_reduction: ScoreReduction | str = ScoreReduction.TOPK_MEAN,
         topk_ratio: float = 0.01,
@@ -405,7 +405,7 @@ class Hlgfa(AnomalibModule):
             ),
         ]
         if "detail_prior" not in saved and _plain(self.hparams.get("detail_prior")) != DetailPrior.RESIDUE.value:
-            # Checkpoints before 0.4 predate the argument: same tensors, but their heads learned the residue.
+            # Checkpoints before 0.4 predate the argument: their heads learned the residue (same tensors).
             differing.append("detail_prior: the checkpoint predates it (residue); pass detail_prior='residue'")
         if not differing and not mismatches:
             return

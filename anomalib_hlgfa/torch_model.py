@@ -12,7 +12,7 @@ Forward pass, all inside the model so that an exported graph carries it:
    misalignment, ``"standardised_rms"`` or ``"standardised_rms_cosine"``, standardised per channel with
    the statistics of normal training images, see ``set_feature_statistics``).
 3. Per level, the high-resolution features are split into a structure prior (low-pass) and a detail
-   prior (the local energy of the high-pass residue), each projected to a few channels so that they
+   prior (the high-pass residue, or its local energy), each projected to a few channels so that they
    cannot carry the high-resolution features themselves (no identity shortcut).
 4. The low-resolution features, upsampled to the high-resolution grid, are normalised and modulated
    by scale and shift maps predicted from the structure prior (SPADE-style).
@@ -123,9 +123,9 @@ class PriorDecomposition(nn.Module):
         structure_window (int): Low-pass window in feature cells; larger means a coarser structure prior.
         detail_prior (DetailPrior | str): ``"energy"``: the local root-mean-square of the projected
             high-pass residue over the structure window, which says where and how much detail there is but
-            not what it looks like; ``"residue"``: the projected high-pass residue itself (the default
-            before 0.4), from which the heads can draw thin defects such as cracks into their prediction;
-            it detected worse on both real categories (``docs/ablation.md``). Defaults to ``"energy"``.
+            not what it looks like (better without augmentation, mixed with the default augmentation:
+            ``docs/ablation.md``); ``"residue"``: the projected high-pass residue itself. Defaults to
+            ``"residue"``.
     """
 
     def __init__(
@@ -133,7 +133,7 @@ class PriorDecomposition(nn.Module):
         channels: int,
         prior_channels: int,
         structure_window: int,
-        detail_prior: DetailPrior | str = DetailPrior.ENERGY,
+        detail_prior: DetailPrior | str = DetailPrior.RESIDUE,
     ) -> None:
         super().__init__()
         self.structure_window = structure_window
@@ -184,7 +184,7 @@ class RefinementHead(nn.Module):
         prior_channels (int): Channels of the structure and detail priors.
         structure_window (int): Low-pass window of the prior decomposition, in feature cells.
         detail_prior (DetailPrior | str): What the detail prior carries, see :class:`PriorDecomposition`.
-            Defaults to ``"energy"``.
+            Defaults to ``"residue"``.
         ablation (str): ``"full"`` (the method) or one of :data:`ABLATIONS`, for ablation studies.
     """
 
@@ -194,7 +194,7 @@ class RefinementHead(nn.Module):
         hidden_channels: int,
         prior_channels: int,
         structure_window: int,
-        detail_prior: DetailPrior | str = DetailPrior.ENERGY,
+        detail_prior: DetailPrior | str = DetailPrior.RESIDUE,
         ablation: str = "full",
     ) -> None:
         super().__init__()
@@ -297,9 +297,9 @@ class HlgfaModel(nn.Module):
         prior_channels (int): Channels of each structure and detail prior. Defaults to ``8``.
         structure_window (int): Low-pass window, in feature cells, splitting structure from detail.
             Defaults to ``4``.
-        detail_prior (DetailPrior | str): ``"energy"`` (the local energy of the high-pass residue: where
-            and how much detail, not its pattern) or ``"residue"`` (the residue itself, the default before
-            0.4), see :class:`PriorDecomposition`. Defaults to ``"energy"``.
+        detail_prior (DetailPrior | str): ``"residue"`` (the high-pass residue itself) or ``"energy"`` (its
+            local energy: where and how much detail, not its pattern), see :class:`PriorDecomposition`.
+            Defaults to ``"residue"``.
         anomaly_map_sigma (float): Gaussian smoothing of the anomaly map, in input pixels. Defaults to ``4``.
         score_reduction (ScoreReduction | str): ``"max"`` or ``"topk_mean"`` of the map. Defaults to ``"topk_mean"``.
         topk_ratio (float): Fraction of pixels averaged by ``"topk_mean"``. Defaults to ``0.01``.
@@ -320,7 +320,7 @@ class HlgfaModel(nn.Module):
         hidden_channels: int = 64,
         prior_channels: int = 8,
         structure_window: int = 4,
-        detail_prior: DetailPrior | str = DetailPrior.ENERGY,
+        detail_prior: DetailPrior | str = DetailPrior.RESIDUE,
         anomaly_map_sigma: float = 4.0,
         score_reduction: ScoreReduction | str = ScoreReduction.TOPK_MEAN,
         topk_ratio: float = 0.01,

@@ -71,7 +71,7 @@ class Variant:
     hidden_channels: int = 64
     prior_channels: int = 8
     structure_window: int = 4
-    # "residue" (the detail prior before 0.4, every variant's unless named) or "energy" (Hlgfa's default since 0.4)
+    # "residue" (Hlgfa's default, every variant's unless named) or "energy" (its local energy; Hlgfa's option)
     detail_prior: str = "residue"
     ablation: str = "full"
     fusion: str = "mean"
@@ -88,9 +88,9 @@ class Variant:
 
 
 DEFAULT = Variant("full model (defaults)", score_reductions=("max", "topk_mean"), epochs=(5, 10, 20))
-# Hlgfa()'s defaults since 0.4 (levels, misalignment, detail prior), the base of the fourth round's variants.
-DEFAULT_04 = Variant(
-    "0.4 defaults",
+# Hlgfa()'s defaults (levels, misalignment) with the energy detail prior: the base of the fourth round's variants.
+ENERGY_BASE = Variant(
+    "energy detail prior",
     layers=LEVELS,
     misalignment="standardised_rms_cosine",
     detail_prior="energy",
@@ -111,7 +111,7 @@ VARIANTS = [
     ),
     replace(DEFAULT, name="without gate", ablation="no_gate", score_reductions=("max",), epochs=(10,)),
     replace(DEFAULT, name="single resolution", ablation="single_resolution", score_reductions=("max",), epochs=(10,)),
-    DEFAULT_04,
+    ENERGY_BASE,
     Variant("levels blocks.1+2+4", layers=("blocks.1", "blocks.2", "blocks.4")),
     Variant("levels blocks.2+4+6", layers=("blocks.2", "blocks.4", "blocks.6"), score_reductions=("max", "topk_mean")),
     Variant("level blocks.4 only", layers=("blocks.4",)),
@@ -129,9 +129,9 @@ VARIANTS = [
         for m in MISALIGNMENTS
     ),
     *(
-        replace(DEFAULT_04, name=f"0.4 defaults, {name}", **changes)
+        replace(ENERGY_BASE, name=f"energy detail prior, {name}", **changes)
         for name, changes in (
-            ("detail prior residue (0.3)", {"detail_prior": "residue"}),
+            ("detail prior residue (Hlgfa's default)", {"detail_prior": "residue"}),
             ("without detail prior", {"ablation": "no_detail_prior"}),
             ("without structure prior", {"ablation": "no_structure_prior"}),
             ("without conditional modulation", {"ablation": "no_modulation"}),

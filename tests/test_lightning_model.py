@@ -253,7 +253,7 @@ def test_checkpoint_with_unfolded_batch_norms_loads_with_the_same_features(
         ({"structure_window": 2}, r"structure_window: checkpoint 4, this model 2"),  # no tensor changes shape
         ({"downsample_factor": 4}, r"downsample_factor: checkpoint 2, this model 4"),
         ({"misalignment": "cosine"}, r"misalignment: checkpoint 'standardised_rms_cosine', this model 'cosine'"),
-        ({"detail_prior": "residue"}, r"detail_prior: checkpoint 'energy', this model 'residue'"),  # same tensors
+        ({"detail_prior": "energy"}, r"detail_prior: checkpoint 'residue', this model 'energy'"),  # same tensors
     ],
 )
 def test_checkpoint_with_another_configuration_is_refused(
@@ -285,15 +285,14 @@ def test_checkpoint_from_before_the_detail_prior_argument_names_the_fix(
     trained: tuple[Hlgfa, Path, dict],
     tmp_path: Path,
 ) -> None:
-    """Before 0.4 the detail prior was the residue itself: the same tensors, another computation."""
+    """Before 0.4 the detail prior was the residue: such a checkpoint loads as it is, not as an energy model."""
     _, checkpoint, _ = trained
     content = torch.load(checkpoint, map_location="cpu", weights_only=False)
     del content["hyper_parameters"]["detail_prior"], content["hlgfa_architecture"]["detail_prior"]
     torch.save(content, tmp_path / "old.ckpt")
+    assert Hlgfa.load_from_checkpoint(tmp_path / "old.ckpt").model.heads[0].priors.detail_prior == "residue"
     with pytest.raises(ValueError, match=r"predates it \(residue\); pass detail_prior='residue'"):
-        Hlgfa.load_from_checkpoint(tmp_path / "old.ckpt")
-    restored = Hlgfa.load_from_checkpoint(tmp_path / "old.ckpt", detail_prior="residue")
-    assert restored.model.heads[0].priors.detail_prior == "residue"
+        Hlgfa.load_from_checkpoint(tmp_path / "old.ckpt", detail_prior="energy")
 
 
 def test_state_dict_of_another_configuration_is_refused_by_the_engine(

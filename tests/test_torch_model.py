@@ -40,18 +40,17 @@ def test_priors_are_compressed_and_split_by_frequency(tiny_model: HlgfaModel) ->
     features = torch.randn(1, tiny_model.feature_extractor.out_dims[0], 16, 16)
     structure, detail = head.priors(features)
     assert structure.shape == detail.shape == (1, TINY["prior_channels"], 16, 16)
-    # The detail prior is the energy of a high-pass residue: a spatially constant input leaves none.
+    # The detail prior is a high-pass residue: a spatially constant input leaves none, and it is the pattern
+    # itself, so it flips with it (the projection's bias is constant, so the high-pass removes it).
     constant = torch.ones_like(features)
-    assert head.priors(constant)[1].max() < 1e-2  # the square root of the epsilon that keeps gradients finite
-    assert head.priors(features)[1].min() >= 0
-    # It says how much detail there is, not which: a pattern and its negative give the same prior (the
-    # projection's bias is constant, so the high-pass removes it).
-    torch.testing.assert_close(head.priors(-features)[1], head.priors(features)[1])
-    # The residue prior (before 0.4) is the pattern itself, so it flips with it.
-    residue_head = HlgfaModel(**TINY, detail_prior="residue").heads[0]
-    residue_head.priors.load_state_dict(head.priors.state_dict())
-    torch.testing.assert_close(residue_head.priors(-features)[1], -residue_head.priors(features)[1])
-    assert residue_head.priors(constant)[1].abs().max() < 1e-5
+    assert head.priors(constant)[1].abs().max() < 1e-5
+    torch.testing.assert_close(head.priors(-features)[1], -head.priors(features)[1])
+    # The energy prior says how much detail there is, not which: a pattern and its negative give the same prior.
+    energy_head = HlgfaModel(**TINY, detail_prior="energy").heads[0]
+    energy_head.priors.load_state_dict(head.priors.state_dict())
+    assert energy_head.priors(constant)[1].max() < 1e-2  # the square root of the epsilon that keeps gradients finite
+    assert energy_head.priors(features)[1].min() >= 0
+    torch.testing.assert_close(energy_head.priors(-features)[1], energy_head.priors(features)[1])
 
 
 def test_backbone_is_frozen_during_training(tiny_model: HlgfaModel) -> None:
