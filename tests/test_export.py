@@ -219,3 +219,18 @@ def test_example_runs_openvino_on_a_folder_and_matches_torch(
                 assert int(row["pred_label"]) == int(expected.pred_label)
                 labels_compared += 1
     assert labels_compared >= len(rows) - 1
+
+
+def test_energy_detail_prior_exports(tmp_path: Path) -> None:
+    """The option's square, pooling and root go into the graph anomalib exports: OpenVINO matches torch."""
+    torch.manual_seed(0)
+    # Untrained, without a post-processor: the raw map and score (the gate, initialised non-zero, reads the prior).
+    model = Hlgfa(**TINY, image_size=SIZE, detail_prior="energy", post_processor=False).eval()
+    images = torch.rand(2, 3, 80, 96)
+    with torch.no_grad():
+        reference = model(images)
+    path = model.to_onnx(export_root=tmp_path, input_size=(80, 96))
+    exported = _run_openvino(path, images)
+    tolerance = 1e-4 * float(reference.anomaly_map.abs().max())
+    assert np.abs(exported["anomaly_map"] - reference.anomaly_map.numpy()).max() <= tolerance
+    assert np.abs(exported["pred_score"].ravel() - reference.pred_score.numpy()).max() <= tolerance
