@@ -1,6 +1,9 @@
 """Shared fixtures: tiny models and small generated datasets, so the suite runs in minutes on 2 CPU cores."""
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -8,6 +11,22 @@ import torch
 
 from anomalib_hlgfa import HlgfaModel
 from anomalib_hlgfa.demo_data import TEXTURES, make_demo_dataset
+
+SCRIPTS = Path(__file__).parents[1]
+
+
+def load_script(relative_path: str) -> ModuleType:
+    """Import a script of ``benchmarks/`` or ``examples/`` by path; its folder is importable while it loads."""
+    path = SCRIPTS / relative_path
+    sys.path.insert(0, str(path.parent))  # e.g. robustness.py imports its sibling baselines.py
+    try:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
 
 # Shallow levels of a randomly initialised lite0 and narrow heads: fast, same code paths as the default.
 TINY = {"pre_trained": False, "layers": ("blocks.1", "blocks.2"), "hidden_channels": 8, "prior_channels": 2}

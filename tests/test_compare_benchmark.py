@@ -1,25 +1,17 @@
 """benchmarks/compare.py's job bookkeeping: kept jobs are reused, and --retime times them again without refitting."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
-
-
-def _compare():
-    spec = importlib.util.spec_from_file_location("compare", BENCHMARKS / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import load_script
 
 
 @pytest.fixture
 def fake_stages(monkeypatch: pytest.MonkeyPatch):
     """Replace the job processes: each stage writes its result file, and the stages run are recorded."""
-    compare = _compare()
+    compare = load_script("benchmarks/compare.py")
     stages: list[str] = []
     results = {"fit": {"image_AUROC": 0.9, "fit_s": 100.0}, "infer": {"throughput_b32_img_s": 20.0}}
 

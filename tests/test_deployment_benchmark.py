@@ -1,23 +1,13 @@
 """The timing of benchmarks/deployment.py: runtimes take turns, so a drifting machine moves them alike."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
-
-
-def _deployment():
-    spec = importlib.util.spec_from_file_location("deployment", BENCHMARKS / "deployment.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import load_script
 
 
 def test_runtimes_take_turns_and_get_their_own_median(monkeypatch: pytest.MonkeyPatch) -> None:
-    deployment = _deployment()
+    deployment = load_script("benchmarks/deployment.py")
     calls: list[str] = []
     # A fake clock: each call of runtime "a" lasts 1 s, of "b" 3 s, whatever the order.
     now = [0.0]

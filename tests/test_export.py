@@ -1,7 +1,6 @@
 """Export through anomalib (torch, ONNX, OpenVINO) carries the whole pipeline, with parity to torch."""
 
 import csv
-import importlib.util
 import shutil
 import sys
 from pathlib import Path
@@ -18,10 +17,9 @@ from PIL import Image
 from anomalib_hlgfa import Hlgfa, Misalignment
 from anomalib_hlgfa.quantization import fp32_scope
 
-from .conftest import TINY
+from .conftest import TINY, load_script
 
 SIZE = (64, 64)
-EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -188,9 +186,7 @@ def test_example_runs_openvino_on_a_folder_and_matches_torch(
 ) -> None:
     """``examples/openvino_inference.py``: one overlay and one CSV row per image, scored as torch scores."""
     model, _ = model_and_inputs
-    spec = importlib.util.spec_from_file_location("openvino_inference", EXAMPLES / "openvino_inference.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_script("examples/openvino_inference.py")
     images = tmp_path / "images"
     images.mkdir()
     for index, source in enumerate(sorted((tiny_dataset / "gravel" / "test").glob("*/*.png"))[::2]):

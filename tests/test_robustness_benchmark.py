@@ -1,26 +1,17 @@
 """The nuisance test set of benchmarks/robustness.py: normals changed, defects and masks untouched."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from anomalib.data import MVTecAD
 from PIL import Image
 
-BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+from .conftest import load_script
 
 
 def _robustness():
-    sys.path.insert(0, str(BENCHMARKS))  # robustness.py imports its sibling baselines.py
-    try:
-        spec = importlib.util.spec_from_file_location("robustness", BENCHMARKS / "robustness.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
+    return load_script("benchmarks/robustness.py")
 
 
 def test_nuisance_split_changes_normals_only(tiny_dataset: Path, tmp_path: Path) -> None:
