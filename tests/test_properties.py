@@ -12,17 +12,18 @@ from hypothesis import strategies as st
 from lightning.pytorch import seed_everything
 from PIL import Image
 
-from anomalib_hlgfa import Hlgfa, HlgfaModel
+from anomalib_hlgfa import Hlgfa, HlgfaModel, Misalignment
+from anomalib_hlgfa.anomaly_map import rms_cosine_map
 
 from .conftest import TINY
 
 FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture(scope="module")
-def eval_model() -> HlgfaModel:
+@pytest.fixture(scope="module", params=[m.value for m in Misalignment])
+def eval_model(request: pytest.FixtureRequest) -> HlgfaModel:
     torch.manual_seed(0)
-    return HlgfaModel(**TINY).eval()
+    return HlgfaModel(**TINY, misalignment=request.param).eval()
 
 
 @FAST
@@ -48,12 +49,21 @@ def test_forward_on_any_size_gives_a_finite_map_of_that_size_or_a_clear_error(
     assert output.pred_score.shape == (batch_size,)
     assert torch.isfinite(output.anomaly_map).all()
     assert torch.isfinite(output.pred_score).all()
-    # Cosine distances, averaged and smoothed with a normalised kernel, stay within [0, 2].
     assert output.anomaly_map.min() >= 0
-    assert output.anomaly_map.max() <= 2 + 1e-5
-    # The score is the model's reduction of its own map (top-1 % mean by default): never above the max.
-    assert torch.allclose(output.pred_score, eval_model.anomaly_map_generator.image_score(output.anomaly_map))
-    assert (output.pred_score <= output.anomaly_map.flatten(1).amax(dim=1) + 1e-6).all()
+    if eval_model.misalignment == Misalignment.COSINE:
+        # Cosine distances, averaged and smoothed with a normalised kernel, stay within [0, 2].
+        assert output.anomaly_map.max() <= 2 + 1e-5
+    # The score is the model's reduction (top-1 % mean by default) of its score map, never above that map's
+    # max: the anomaly map itself, or for standardised_rms_cosine the fused geometric mean of RMS and cosine.
+    generator = eval_model.anomaly_map_generator
+    score_map = output.anomaly_map
+    if eval_model.misalignment == Misalignment.STANDARDISED_RMS_COSINE:
+        with torch.no_grad():
+            predictions, targets = eval_model.align(images)
+            level_maps = [rms_cosine_map(p, t) for p, t in zip(predictions, targets, strict=True)]
+            score_map = generator.fuse(level_maps, (height, width))
+    assert torch.allclose(output.pred_score, generator.image_score(score_map))
+    assert (output.pred_score <= score_map.flatten(1).amax(dim=1) + 1e-6).all()
 
 
 @FAST
