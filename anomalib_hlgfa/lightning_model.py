@@ -74,6 +74,8 @@ ARCHITECTURE_ARGUMENTS = (
     "misalignment",
 )
 ARCHITECTURE_KEY = "hlgfa_architecture"
+# Architecture arguments added after checkpoints were first saved, with the value those checkpoints hold.
+VALUES_BEFORE_THE_ARGUMENT = {"detail_prior": DetailPrior.RESIDUE.value}
 OBSOLETE_BLUR_KERNEL = "anomaly_map_generator.blur.kernel"  # saved by versions before the separable blur
 BACKBONE_STATE_PREFIX = "model.feature_extractor.feature_extractor."
 
@@ -374,7 +376,7 @@ class Hlgfa(AnomalibModule):
         """
         super().on_load_checkpoint(checkpoint)
         # Not the "hyper_parameters": load_from_checkpoint has already merged its keyword arguments into them.
-        saved = checkpoint.get(ARCHITECTURE_KEY, {})
+        saved = {**VALUES_BEFORE_THE_ARGUMENT, **checkpoint.get(ARCHITECTURE_KEY, {})}
         differing = [
             f"{name}: checkpoint {_plain(saved[name])!r}, this model {_plain(self.hparams[name])!r}"
             for name in ARCHITECTURE_ARGUMENTS
@@ -404,9 +406,6 @@ class Hlgfa(AnomalibModule):
                 if key in state and hasattr(state[key], "shape") and state[key].shape != own[key].shape
             ),
         ]
-        if "detail_prior" not in saved and _plain(self.hparams.get("detail_prior")) != DetailPrior.RESIDUE.value:
-            # Checkpoints before 0.4 predate the argument: their heads learned the residue (same tensors).
-            differing.append("detail_prior: the checkpoint predates it (residue); pass detail_prior='residue'")
         if not differing and not mismatches:
             return
         if "misalignment" not in saved and any(".standardization." in m for m in mismatches):

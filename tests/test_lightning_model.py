@@ -291,7 +291,7 @@ def test_checkpoint_from_before_the_detail_prior_argument_names_the_fix(
     del content["hyper_parameters"]["detail_prior"], content["hlgfa_architecture"]["detail_prior"]
     torch.save(content, tmp_path / "old.ckpt")
     assert Hlgfa.load_from_checkpoint(tmp_path / "old.ckpt").model.heads[0].priors.detail_prior == "residue"
-    with pytest.raises(ValueError, match=r"predates it \(residue\); pass detail_prior='residue'"):
+    with pytest.raises(ValueError, match=r"detail_prior: checkpoint 'residue', this model 'energy'"):
         Hlgfa.load_from_checkpoint(tmp_path / "old.ckpt", detail_prior="energy")
 
 
