@@ -14,8 +14,8 @@ flagged and the share of clean defective images caught.
 Models: ``hlgfa`` (with its default noise-aware augmentation), ``hlgfa_no_augmentation`` and
 ``patchcore_subset`` (PatchCore on the same lite0 backbone, as in ``compare.py``); on request the earlier
 defaults, ``hlgfa_mild_augmentation`` (the first) and ``hlgfa_previous_default_augmentation`` (the
-second), and two other candidates: ``hlgfa_heavy_augmentation`` and ``hlgfa_fibre_augmentation``
-(``*_AUGMENTATION`` in the script).
+second), and other candidates: ``hlgfa_heavy_augmentation``, ``hlgfa_fibre_augmentation``,
+``hlgfa_light_blur_augmentation`` and ``hlgfa_light_noise_augmentation`` (``*_AUGMENTATION`` in the script).
 
 Usage::
 
@@ -25,9 +25,9 @@ Usage::
 Kept results (``OUTPUT/jobs/CATEGORY__MODEL__seedN.json``, one per ``--seeds`` entry) are reused unless
 ``--rerun``; ``--report-only`` writes the table from them. The table goes to ``OUTPUT/robustness.md`` and
 ``OUTPUT/robustness.csv``.
-``--hlgfa-layers``, ``--hlgfa-score-reduction``, ``--hlgfa-misalignment`` and ``--hlgfa-detail-prior``
-override HLGFA's defaults (recorded in each result; give each setting its own ``--output``, since kept
-jobs are named by model only).
+``--hlgfa-layers``, ``--hlgfa-score-reduction``, ``--hlgfa-misalignment``, ``--hlgfa-detail-prior`` and
+``--hlgfa-downsample-factor`` override HLGFA's defaults (recorded in each result; give each setting its own
+``--output``, since kept jobs are named by model only).
 """
 
 import argparse
@@ -59,6 +59,8 @@ MODELS = (
     "hlgfa_heavy_augmentation",
     "hlgfa_fibre_augmentation",
     "hlgfa_previous_default_augmentation",
+    "hlgfa_light_blur_augmentation",
+    "hlgfa_light_noise_augmentation",
 )
 # The first default, measured against the second (which was more robust on both categories; docs/robustness.md).
 MILD_AUGMENTATION = NuisanceConfig(
@@ -89,6 +91,10 @@ HEAVY_AUGMENTATION = NuisanceConfig(
 )
 # A candidate: the second default with fibres as often as the test set has them, and a little stronger.
 FIBRE_AUGMENTATION = dataclasses.replace(PREVIOUS_DEFAULT_AUGMENTATION, fibres=Nuisance(0.5, 0.6))
+# Candidates for solar_cell's clean pixel AUROC: today's default with the blur, or the noise, as the first
+# default's (rarer and weaker), to find which family costs fine localisation.
+LIGHT_BLUR_AUGMENTATION = dataclasses.replace(NuisanceConfig(), blur=MILD_AUGMENTATION.blur)
+LIGHT_NOISE_AUGMENTATION = dataclasses.replace(NuisanceConfig(), noise=MILD_AUGMENTATION.noise)
 NUISANCE_SEED = 20261124  # training draws from seed 0 (+ rank)
 # The test set's training families, fixed so that the test set does not move with the training defaults.
 TEST_SET_FAMILIES = NuisanceConfig(
@@ -205,6 +211,8 @@ def build(name: str, image_size: tuple[int, int], hlgfa_arguments: dict, seed: i
         "hlgfa_mild_augmentation": {"augmentation": dataclasses.replace(MILD_AUGMENTATION, seed=seed)},
         "hlgfa_heavy_augmentation": {"augmentation": dataclasses.replace(HEAVY_AUGMENTATION, seed=seed)},
         "hlgfa_fibre_augmentation": {"augmentation": dataclasses.replace(FIBRE_AUGMENTATION, seed=seed)},
+        "hlgfa_light_blur_augmentation": {"augmentation": dataclasses.replace(LIGHT_BLUR_AUGMENTATION, seed=seed)},
+        "hlgfa_light_noise_augmentation": {"augmentation": dataclasses.replace(LIGHT_NOISE_AUGMENTATION, seed=seed)},
         "hlgfa_previous_default_augmentation": {
             "augmentation": dataclasses.replace(PREVIOUS_DEFAULT_AUGMENTATION, seed=seed)
         },
@@ -265,6 +273,7 @@ def run_job(model_name: str, category: str, args: argparse.Namespace, held_out: 
             ("score_reduction", args.hlgfa_score_reduction),
             ("misalignment", args.hlgfa_misalignment),
             ("detail_prior", args.hlgfa_detail_prior),
+            ("downsample_factor", args.hlgfa_downsample_factor),
         )
         if value is not None
     }
@@ -433,6 +442,9 @@ def main() -> None:
         "--hlgfa-detail-prior",
         choices=[d.value for d in DetailPrior],
         help="HLGFA's detail prior (default: the model's default).",
+    )
+    parser.add_argument(
+        "--hlgfa-downsample-factor", type=int, help="HLGFA's low-resolution factor (default: the model's default)."
     )
     parser.add_argument("--report-only", action="store_true", help="Only write the table from kept results.")
     parser.add_argument("--rerun", action="store_true", help="Ignore kept results and run every job again.")
