@@ -114,38 +114,51 @@ def rms_cosine_map(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return (squared_error_map(prediction, target).sqrt() * distance).sqrt()
 
 
-class SeparableGaussianBlur(nn.Module):
-    """Gaussian smoothing of a one-channel map as two 1-D passes, with the rows as channels.
+def linear_interpolation_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    """Weights of linear upsampling along one axis, as ``F.interpolate(..., mode="bilinear", align_corners=False)``.
 
-    The same filter as kornia's ``GaussianBlur2d(..., border_type="reflect", separable=True)`` (equal to
-    float precision), arranged for OpenVINO: a convolution over a one-channel map makes its INT8 CPU
-    plugin pick a channels-last layout, in which the convolution and every element-wise op of the
-    post-processor after it ran 3-55x slower (measured: about a fifth of INT8 inference at batch 16). Here
-    each pass is a depthwise convolution over ``H`` channels, and the map leaves it in its own layout.
+    Output ``i`` samples the input at ``(i + 0.5) * size_in / size_out - 0.5`` (clamped at 0), between its two
+    neighbours.
 
     Args:
-        sigma (float): Standard deviation, in pixels. The kernel is truncated at 4 sigma, as anomalib's.
+        size_in (int): Input length.
+        size_out (int): Output length.
+
+    Returns:
+        torch.Tensor: ``(size_out, size_in)`` float64; row ``i`` holds output ``i``'s weights, summing to 1.
     """
+    source = ((torch.arange(size_out, dtype=torch.float64) + 0.5) * (size_in / size_out) - 0.5).clamp_min(0)
+    lower = source.floor().long().clamp_max(size_in - 1)
+    upper = (lower + 1).clamp_max(size_in - 1)
+    fraction = source - lower
+    rows = torch.arange(size_out)
+    matrix = torch.zeros(size_out, size_in, dtype=torch.float64)
+    matrix.index_put_((rows, lower), 1 - fraction, accumulate=True)
+    matrix.index_put_((rows, upper), fraction, accumulate=True)
+    return matrix
 
-    def __init__(self, sigma: float) -> None:
-        super().__init__()
-        self.sigma = sigma
-        self.radius = int(4.0 * sigma + 0.5)
-        kernel = get_gaussian_kernel1d(2 * self.radius + 1, sigma).reshape(1, 1, 1, -1)
-        self.register_buffer("gaussian", kernel, persistent=False)  # derived from sigma: not saved
 
-    def _blur_along_width(self, maps: torch.Tensor) -> torch.Tensor:
-        """Blur ``(B, 1, H, W)`` along ``W``: each row is a channel of one depthwise convolution."""
-        batch, _, height, width = maps.shape
-        padded = F.pad(maps, (self.radius, self.radius, 0, 0), mode="reflect")
-        rows = padded.reshape(batch, height, 1, width + 2 * self.radius)
-        blurred = F.conv2d(rows, self.gaussian.expand(height, 1, 1, -1), groups=height)
-        return blurred.reshape(batch, 1, height, width)
+def gaussian_blur_matrix(size: int, kernel: torch.Tensor) -> torch.Tensor:
+    """Weights of a 1-D convolution with ``kernel`` over reflect-padded input (PyTorch's and kornia's "reflect").
 
-    def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        """Blur maps ``(B, 1, H, W)``; ``H`` and ``W`` must exceed the radius (reflect padding)."""
-        blurred_rows = self._blur_along_width(maps)
-        return self._blur_along_width(blurred_rows.transpose(2, 3)).transpose(2, 3)
+    Args:
+        size (int): Length of the axis; must exceed the kernel's radius.
+        kernel (torch.Tensor): Odd-length 1-D kernel ``(2 r + 1,)``.
+
+    Returns:
+        torch.Tensor: ``(size, size)`` float64; row ``i`` holds output ``i``'s weights.
+
+    Raises:
+        ValueError: If ``size`` is not larger than the kernel's radius.
+    """
+    radius = (kernel.numel() - 1) // 2
+    if size <= radius:
+        msg = f"Gaussian smoothing with radius {radius} needs a side of at least {radius + 1} pixels, got {size}."
+        raise ValueError(msg)
+    positions = (torch.arange(size)[:, None] + torch.arange(-radius, radius + 1)[None, :]).abs()
+    positions = torch.where(positions > size - 1, 2 * (size - 1) - positions, positions)
+    matrix = torch.zeros(size, size, dtype=torch.float64)
+    return matrix.scatter_add_(1, positions, kernel.double().flatten().expand(size, -1))
 
 
 class AnomalyMapGenerator(nn.Module):
@@ -176,8 +189,11 @@ class AnomalyMapGenerator(nn.Module):
             raise ValueError(msg)
         self.topk_ratio = topk_ratio
         self.sigma = sigma
-        self.blur = SeparableGaussianBlur(sigma) if sigma > 0 else nn.Identity()
-        self.blur_radius = self.blur.radius if sigma > 0 else 0
+        # The kernel is truncated at 4 sigma, as anomalib's.
+        self.blur_radius = int(4.0 * sigma + 0.5) if sigma > 0 else 0
+        self.gaussian = get_gaussian_kernel1d(2 * self.blur_radius + 1, sigma).flatten() if sigma > 0 else None
+        # Per (input length, output length, dtype, device): the axis's upsampling and smoothing as one matrix.
+        self._axis_operators: dict[tuple, torch.Tensor] = {}
 
     def forward(
         self,
@@ -196,16 +212,50 @@ class AnomalyMapGenerator(nn.Module):
             tuple[torch.Tensor, torch.Tensor]: Anomaly map ``(B, 1, H, W)`` and image score ``(B,)``.
         """
         pairs = list(zip(predictions, targets, strict=True))
-        anomaly_map = self.fuse([misalignment_map(p, t, self.misalignment) for p, t in pairs], image_size)
+        level_maps = [misalignment_map(p, t, self.misalignment) for p, t in pairs]
         if self.misalignment != Misalignment.STANDARDISED_RMS_COSINE:
+            anomaly_map = self.fuse(level_maps, image_size)
             return anomaly_map, self.image_score(anomaly_map)
-        score_map = self.fuse([rms_cosine_map(p, t) for p, t in pairs], image_size)
+        # The score's own map goes through the same upsampling and blur, as a second channel of one call.
+        both = [torch.cat([m, rms_cosine_map(p, t)], dim=1) for m, (p, t) in zip(level_maps, pairs, strict=True)]
+        anomaly_map, score_map = self.fuse(both, image_size).chunk(2, dim=1)
         return anomaly_map, self.image_score(score_map)
 
     def fuse(self, level_maps: list[torch.Tensor], image_size: tuple[int, int] | torch.Size) -> torch.Tensor:
-        """Upsample per-level maps ``(B, 1, h_l, w_l)`` to ``image_size``, average and smooth: ``(B, 1, H, W)``."""
-        upsampled = [F.interpolate(m, size=image_size, mode="bilinear", align_corners=False) for m in level_maps]
-        return self.blur(torch.stack(upsampled).mean(dim=0))
+        """Upsample per-level maps ``(B, M, h_l, w_l)`` to ``image_size``, average and smooth: ``(B, M, H, W)``.
+
+        Bilinear upsampling and the Gaussian smoothing (reflect padding) are linear and separable, so per level
+        they are one matrix per axis: ``rows @ map @ columns.T``, equal to interpolating, averaging and
+        blurring to float rounding. No full-size map per level is made, and OpenVINO runs matrix products in
+        the maps' own layout: interpolating one-channel maps, its CPU plugin padded them to 16-channel blocks
+        (about 8 ms per level and batch of 16, with as much again reordering: ``docs/deployment.md``).
+        """
+        height, width = image_size
+        fused = None
+        for level_map in level_maps:
+            rows = self.axis_operator(level_map.shape[-2], height, level_map)
+            columns = self.axis_operator(level_map.shape[-1], width, level_map)
+            upsampled = rows @ level_map @ columns.transpose(0, 1)
+            fused = upsampled if fused is None else fused + upsampled
+        return fused / len(level_maps)
+
+    def axis_operator(self, size_in: int, size_out: int, like: torch.Tensor) -> torch.Tensor:
+        """Upsampling from ``size_in`` to ``size_out``, then smoothing, along one axis: ``(size_out, size_in)``.
+
+        Built in float64 and cast to ``like``'s dtype and device; kept for the next call, except while tracing
+        for export (a traced tensor must not outlive the trace; the export carries the matrix as a constant).
+        """
+        key = (int(size_in), int(size_out), like.dtype, like.device)
+        if key in self._axis_operators:
+            return self._axis_operators[key]
+        with torch.no_grad():
+            matrix = linear_interpolation_matrix(key[0], key[1])
+            if self.gaussian is not None:
+                matrix = gaussian_blur_matrix(key[1], self.gaussian) @ matrix
+            matrix = matrix.to(dtype=like.dtype, device=like.device)
+        if not torch.compiler.is_compiling():
+            self._axis_operators[key] = matrix
+        return matrix
 
     def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         """Reduce an anomaly map ``(B, 1, H, W)`` to one score per image ``(B,)``."""

@@ -250,12 +250,6 @@ def loss_of(variant: Variant, predictions: list[torch.Tensor], targets: list[tor
     return torch.stack([cosine_distance(p, t).mean() for p, t in zip(predictions, targets, strict=True)]).mean()
 
 
-def fuse(generator: AnomalyMapGenerator, level_maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-    """Upsample per-level maps to ``size``, average them and smooth the result, as ``AnomalyMapGenerator`` does."""
-    upsampled = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in level_maps]
-    return generator.blur(torch.stack(upsampled).mean(dim=0))
-
-
 @torch.no_grad()
 def level_statistics(
     heads: torch.nn.ModuleList, train: dict, variant: Variant, features_statistics: dict
@@ -290,11 +284,11 @@ def evaluate(
         level_maps = [level_map(variant, p, h) for p, h in zip(predictions, highs, strict=True)]
         if variant.misalignment == "standardised_rms_cosine":  # the image score has its own map
             pairs = zip(predictions, highs, strict=True)
-            score_maps.append(fuse(generator, [rms_cosine_map(p, h) for p, h in pairs], size))
+            score_maps.append(generator.fuse([rms_cosine_map(p, h) for p, h in pairs], size))
         if variant.fusion == "mean":
-            anomaly_map = fuse(generator, level_maps, size)
+            anomaly_map = generator.fuse(level_maps, size)
         else:  # the per-level maps, each upsampled and smoothed as the generator does
-            per_level = [fuse(generator, [m], size) for m in level_maps]
+            per_level = [generator.fuse([m], size) for m in level_maps]
             if variant.fusion == "max":
                 anomaly_map = torch.stack(per_level).amax(dim=0)
             else:  # "normalised_mean": each level in standard deviations of its normal misalignment

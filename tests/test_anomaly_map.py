@@ -3,9 +3,10 @@
 import pytest
 import torch
 from kornia.filters import GaussianBlur2d
+from torch.nn import functional as F  # noqa: N812
 
 from anomalib_hlgfa import AlignmentLoss, AnomalyMapGenerator
-from anomalib_hlgfa.anomaly_map import SeparableGaussianBlur, misalignment_map, rms_cosine_map
+from anomalib_hlgfa.anomaly_map import misalignment_map, rms_cosine_map
 
 
 def _features_with_one_mismatch(row: int, col: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,13 +27,31 @@ def test_map_peaks_at_the_misaligned_cell_and_has_input_size() -> None:
     assert score.item() == pytest.approx(anomaly_map.max().item())
 
 
-@pytest.mark.parametrize(("sigma", "height", "width"), [(4.0, 64, 48), (1.5, 9, 20)])
-def test_blur_is_kornias_reflect_gaussian(sigma: float, height: int, width: int) -> None:
-    maps = torch.rand(3, 1, height, width)
-    blur = SeparableGaussianBlur(sigma)
-    side = 2 * blur.radius + 1
-    expected = GaussianBlur2d((side, side), (sigma, sigma), border_type="reflect", separable=True)(maps)
-    assert torch.allclose(blur(maps), expected, atol=1e-6)
+@pytest.mark.parametrize(
+    ("sigma", "sizes", "height", "width"),
+    [(4.0, [(8, 6), (4, 3)], 64, 48), (1.5, [(3, 5)], 9, 20), (0.0, [(5, 7), (2, 2)], 30, 31)],
+)
+def test_fusion_is_bilinear_upsampling_mean_and_kornias_reflect_gaussian(
+    sigma: float, sizes: list[tuple[int, int]], height: int, width: int
+) -> None:
+    """The matrix form of fuse equals what it replaces: torch's bilinear upsampling, the mean, kornia's blur."""
+    level_maps = [torch.rand(3, 2, h, w) for h, w in sizes]
+    generator = AnomalyMapGenerator(sigma=sigma)
+    upsampled = [F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False) for m in level_maps]
+    expected = torch.stack(upsampled).mean(dim=0)
+    if sigma > 0:
+        side = 2 * generator.blur_radius + 1
+        expected = GaussianBlur2d((side, side), (sigma, sigma), border_type="reflect", separable=True)(expected)
+    fused = generator.fuse(level_maps, (height, width))
+    assert fused.shape == (3, 2, height, width)
+    assert torch.allclose(fused, expected, atol=1e-6)
+    assert torch.equal(generator.fuse(level_maps, (height, width)), fused)  # the kept matrices give the same
+
+
+def test_smoothing_needs_a_side_larger_than_its_radius() -> None:
+    generator = AnomalyMapGenerator(sigma=4.0)  # radius 16
+    with pytest.raises(ValueError, match="radius 16 needs a side of at least 17 pixels, got 16"):
+        generator.fuse([torch.rand(1, 1, 4, 4)], (16, 40))
 
 
 def test_aligned_features_give_a_zero_map() -> None:

@@ -14,7 +14,7 @@ from anomalib.deploy import CompressionType, TorchInferencer
 from anomalib.engine import Engine
 from PIL import Image
 
-from anomalib_hlgfa import Hlgfa, Misalignment
+from anomalib_hlgfa import Hlgfa
 from anomalib_hlgfa.quantization import fp32_scope
 
 from .conftest import TINY, load_script
@@ -160,12 +160,14 @@ def test_fp32_scope_holds_image_reading_convolutions_head_outputs_and_what_follo
     kept_convolutions = [op for op in convolutions if op.get_friendly_name() in kept]
     heads = len(model.model.heads)
     # Per head its output projection (with quantize_heads=False all 8 convolutions: structure and detail
-    # projections, input projection, modulation, gate, 2 residual, output); plus the blur (two 1-D passes)
-    # of each fused map (the default also smooths the image score's own map) and the backbone's
-    # image-reading convolution of each view.
+    # projections, input projection, modulation, gate, 2 residual, output); plus the backbone's
+    # image-reading convolution of each view. (The map's smoothing is matrix products, no convolution.)
     per_head = 1 if quantize_heads else 8
-    fused_maps = 2 if model.model.misalignment == Misalignment.STANDARDISED_RMS_COSINE else 1
-    assert len(kept_convolutions) == per_head * heads + 2 * fused_maps + 2
+    assert len(kept_convolutions) == per_head * heads + 2
+    # Every matrix product is the anomaly map's upsampling and smoothing, downstream of the heads: FP32.
+    products = [op.get_friendly_name() for op in graph.get_ordered_ops() if op.get_type_name() == "MatMul"]
+    assert len(products) == 2 * heads
+    assert set(products) <= kept
     reading_images = [op for op in convolutions if op.get_input_partial_shape(0)[1].get_length() == 3]
     assert len(reading_images) == 2
     assert {op.get_friendly_name() for op in reading_images} <= kept
