@@ -75,6 +75,9 @@ class NuisanceConfig:
         illumination (Nuisance): Light gradient, brightness, contrast and gamma. Strength: max relative change.
         noise (Nuisance): Gaussian sensor noise. Strength: max standard deviation on the ``[0, 1]`` scale.
         blur (Nuisance): Gaussian blur. Strength: max sigma in pixels of a 256-pixel image side.
+        clean_share (float): Chance, in ``[0, 1]``, that an image is spared every family (drawn before the
+            families, per image), so that this share of each batch stays clean. ``0`` draws nothing
+            extra, so configurations without it keep their random draws.
         seed (int): Seed of the augmentation's random generator. Under distributed training each process
             adds its rank, so that processes draw different nuisances.
     """
@@ -86,7 +89,13 @@ class NuisanceConfig:
     illumination: Nuisance = Nuisance(probability=0.7, strength=0.4)
     noise: Nuisance = Nuisance(probability=0.7, strength=0.08)
     blur: Nuisance = Nuisance(probability=0.7, strength=3.0)
+    clean_share: float = 0.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.clean_share <= 1:
+            msg = f"clean_share is the chance that an image stays clean and must be in [0, 1], got {self.clean_share}."
+            raise ValueError(msg)
 
     @classmethod
     def only(
@@ -380,9 +389,16 @@ class NuisanceAugmentation(nn.Module):
             raise ValueError(msg)
         generator = self._generator(images.device)
         images = images.clone()
+
+        def draw() -> torch.Tensor:
+            return torch.rand(images.shape[0], generator=generator, device=generator.device)
+
+        # No extra draw without a clean share, so that such configurations keep their random streams.
+        augmentable = draw() >= self.config.clean_share if self.config.clean_share > 0 else torch.tensor(True)
         for family in FAMILIES:
             nuisance: Nuisance = getattr(self.config, family)
-            chosen = torch.rand(images.shape[0], generator=generator, device=generator.device) < nuisance.probability
+            chosen = draw() < nuisance.probability
+            chosen &= augmentable
             if nuisance.strength == 0 or not chosen.any():
                 continue
             index = chosen.nonzero().squeeze(1)
@@ -396,4 +412,5 @@ class NuisanceAugmentation(nn.Module):
             for item in fields(self.config)
             if isinstance(value := getattr(self.config, item.name), Nuisance) and value.probability and value.strength
         ]
-        return ", ".join(active) + f", seed={self.config.seed}"
+        clean = f", clean_share={self.config.clean_share:g}" if self.config.clean_share else ""
+        return ", ".join(active) + clean + f", seed={self.config.seed}"

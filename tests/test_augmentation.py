@@ -75,6 +75,19 @@ def test_probability_is_per_image() -> None:
     assert 0.22 < share < 0.38, share
 
 
+def test_clean_share_spares_whole_images_and_zero_keeps_the_draws() -> None:
+    images = torch.full((400, 3, 16, 16), 0.5)
+    every_family = {family: Nuisance(1.0, 0.5) for family in FAMILIES}
+    augmented = NuisanceAugmentation(NuisanceConfig(**every_family, clean_share=0.4))(images)
+    touched = (augmented - images).abs().amax(dim=(1, 2, 3)) > 0
+    assert 0.52 < touched.float().mean() < 0.68, touched.float().mean()  # the others get every family
+    noisy = torch.rand((8, 3, 32, 32), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(NuisanceAugmentation(NuisanceConfig(clean_share=0.0))(noisy), NuisanceAugmentation()(noisy))
+    assert torch.equal(NuisanceAugmentation(NuisanceConfig(clean_share=1.0))(noisy), noisy)
+    with pytest.raises(ValueError, match="clean_share"):
+        NuisanceConfig(clean_share=1.5)
+
+
 def test_same_seed_same_nuisances_other_seed_others() -> None:
     images = torch.rand((8, 3, 48, 48), generator=torch.Generator().manual_seed(2))
     first, again = NuisanceAugmentation(NuisanceConfig(seed=3)), NuisanceAugmentation(NuisanceConfig(seed=3))
