@@ -26,9 +26,9 @@ Usage::
 Kept results (``OUTPUT/jobs/CATEGORY__MODEL__seedN.json``, one per ``--seeds`` entry) are reused unless
 ``--rerun``; ``--report-only`` writes the table from them. The table goes to ``OUTPUT/robustness.md`` and
 ``OUTPUT/robustness.csv``.
-``--hlgfa-layers``, ``--hlgfa-score-reduction``, ``--hlgfa-misalignment``, ``--hlgfa-detail-prior`` and
-``--hlgfa-downsample-factor`` override HLGFA's defaults (recorded in each result; give each setting its own
-``--output``, since kept jobs are named by model only).
+``--hlgfa-layers``, ``--hlgfa-score-reduction``, ``--hlgfa-misalignment``, ``--hlgfa-detail-prior``,
+``--hlgfa-downsample-factor`` and ``--hlgfa-max-epochs`` override HLGFA's defaults (recorded in each result;
+give each setting its own ``--output``, since kept jobs are named by model only).
 """
 
 import argparse
@@ -280,6 +280,7 @@ def run_job(model_name: str, category: str, args: argparse.Namespace, held_out: 
             ("misalignment", args.hlgfa_misalignment),
             ("detail_prior", args.hlgfa_detail_prior),
             ("downsample_factor", args.hlgfa_downsample_factor),
+            ("max_epochs", args.hlgfa_max_epochs),
         )
         if value is not None
     }
@@ -452,6 +453,7 @@ def main() -> None:
     parser.add_argument(
         "--hlgfa-downsample-factor", type=int, help="HLGFA's low-resolution factor (default: the model's default)."
     )
+    parser.add_argument("--hlgfa-max-epochs", type=int, help="HLGFA's training epochs (default: the model's default).")
     parser.add_argument("--report-only", action="store_true", help="Only write the table from kept results.")
     parser.add_argument("--rerun", action="store_true", help="Ignore kept results and run every job again.")
     args = parser.parse_args()
