@@ -22,7 +22,7 @@ default since 0.3) raised image AUROC on both categories.
 from enum import Enum
 
 import torch
-from kornia.filters import get_gaussian_kernel1d
+from kornia.filters import gaussian_blur2d
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
@@ -117,8 +117,7 @@ def rms_cosine_map(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
 def linear_interpolation_matrix(size_in: int, size_out: int) -> torch.Tensor:
     """Weights of linear upsampling along one axis, as ``F.interpolate(..., mode="bilinear", align_corners=False)``.
 
-    Output ``i`` samples the input at ``(i + 0.5) * size_in / size_out - 0.5`` (clamped at 0), between its two
-    neighbours.
+    Taken from ``F.interpolate`` itself, applied to unit impulses along that axis only.
 
     Args:
         size_in (int): Input length.
@@ -127,38 +126,32 @@ def linear_interpolation_matrix(size_in: int, size_out: int) -> torch.Tensor:
     Returns:
         torch.Tensor: ``(size_out, size_in)`` float64; row ``i`` holds output ``i``'s weights, summing to 1.
     """
-    source = ((torch.arange(size_out, dtype=torch.float64) + 0.5) * (size_in / size_out) - 0.5).clamp_min(0)
-    lower = source.floor().long().clamp_max(size_in - 1)
-    upper = (lower + 1).clamp_max(size_in - 1)
-    fraction = source - lower
-    rows = torch.arange(size_out)
-    matrix = torch.zeros(size_out, size_in, dtype=torch.float64)
-    matrix.index_put_((rows, lower), 1 - fraction, accumulate=True)
-    matrix.index_put_((rows, upper), fraction, accumulate=True)
-    return matrix
+    impulses = torch.eye(size_in, dtype=torch.float64)[None, None]  # column j: a unit impulse at j
+    return F.interpolate(impulses, size=(size_out, size_in), mode="bilinear", align_corners=False)[0, 0]
 
 
-def gaussian_blur_matrix(size: int, kernel: torch.Tensor) -> torch.Tensor:
-    """Weights of a 1-D convolution with ``kernel`` over reflect-padded input (PyTorch's and kornia's "reflect").
+def gaussian_blur_matrix(size: int, sigma: float, radius: int) -> torch.Tensor:
+    """Weights of kornia's Gaussian blur with reflect padding along one axis.
+
+    Taken from kornia's ``gaussian_blur2d`` itself (kernel ``2 radius + 1`` long), applied to unit impulses.
 
     Args:
-        size (int): Length of the axis; must exceed the kernel's radius.
-        kernel (torch.Tensor): Odd-length 1-D kernel ``(2 r + 1,)``.
+        size (int): Length of the axis; must exceed ``radius``.
+        sigma (float): Standard deviation, in pixels.
+        radius (int): Kernel radius, in pixels.
 
     Returns:
         torch.Tensor: ``(size, size)`` float64; row ``i`` holds output ``i``'s weights.
 
     Raises:
-        ValueError: If ``size`` is not larger than the kernel's radius.
+        ValueError: If ``size`` is not larger than ``radius``.
     """
-    radius = (kernel.numel() - 1) // 2
     if size <= radius:
         msg = f"Gaussian smoothing with radius {radius} needs a side of at least {radius + 1} pixels, got {size}."
         raise ValueError(msg)
-    positions = (torch.arange(size)[:, None] + torch.arange(-radius, radius + 1)[None, :]).abs()
-    positions = torch.where(positions > size - 1, 2 * (size - 1) - positions, positions)
-    matrix = torch.zeros(size, size, dtype=torch.float64)
-    return matrix.scatter_add_(1, positions, kernel.double().flatten().expand(size, -1))
+    impulses = torch.eye(size, dtype=torch.float64)[None, None]  # row j: a unit impulse at j
+    responses = gaussian_blur2d(impulses, (1, 2 * radius + 1), (sigma, sigma), border_type="reflect")[0, 0]
+    return responses.transpose(0, 1)  # row j is the response to impulse j: column j of the operator
 
 
 class AnomalyMapGenerator(nn.Module):
@@ -191,7 +184,6 @@ class AnomalyMapGenerator(nn.Module):
         self.sigma = sigma
         # The kernel is truncated at 4 sigma, as anomalib's.
         self.blur_radius = int(4.0 * sigma + 0.5) if sigma > 0 else 0
-        self.gaussian = get_gaussian_kernel1d(2 * self.blur_radius + 1, sigma).flatten() if sigma > 0 else None
         # Per (input length, output length, dtype, device): the axis's upsampling and smoothing as one matrix.
         self._axis_operators: dict[tuple, torch.Tensor] = {}
 
@@ -250,8 +242,8 @@ class AnomalyMapGenerator(nn.Module):
             return self._axis_operators[key]
         with torch.no_grad():
             matrix = linear_interpolation_matrix(key[0], key[1])
-            if self.gaussian is not None:
-                matrix = gaussian_blur_matrix(key[1], self.gaussian) @ matrix
+            if self.sigma > 0:
+                matrix = gaussian_blur_matrix(key[1], self.sigma, self.blur_radius) @ matrix
             matrix = matrix.to(dtype=like.dtype, device=like.device)
         if not torch.compiler.is_compiling():
             self._axis_operators[key] = matrix
