@@ -27,6 +27,7 @@ Example:
     (torch.Size([2, 1, 256, 256]), torch.Size([2]))
 """
 
+import warnings
 from collections.abc import Sequence
 from enum import Enum
 
@@ -61,7 +62,8 @@ class FeatureStandardization(nn.Module):
     """Standardise one feature level per channel with fixed statistics of normal images.
 
     The statistics are buffers: saved in checkpoints and carried into exported graphs as constants.
-    Until they are fitted (mean 0, standard deviation 1) the features pass unchanged.
+    Until they are fitted (mean 0, standard deviation 1) the features pass unchanged, and ``fitted`` (a
+    plain attribute, set by ``fit`` and by loading fitted buffers) is ``False``.
 
     Args:
         channels (int): Channels of the feature level.
@@ -71,6 +73,7 @@ class FeatureStandardization(nn.Module):
         super().__init__()
         self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
         self.register_buffer("std", torch.ones(1, channels, 1, 1))
+        self.fitted = False
 
     @staticmethod
     def moments(features: torch.Tensor) -> torch.Tensor:
@@ -101,6 +104,12 @@ class FeatureStandardization(nn.Module):
         std = variance.sqrt().clamp_min(1e-6 * float(variance.sqrt().max().clamp_min(1e-12)))
         self.mean.copy_(mean.reshape_as(self.mean))
         self.std.copy_(std.reshape_as(self.std))
+        self.fitted = True
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        """Load the buffers, and take them as fitted unless they are the unfitted identity."""
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.fitted = not (bool((self.mean == 0).all()) and bool((self.std == 1).all()))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Standardise features ``(B, C, h, w)``."""
@@ -355,6 +364,7 @@ class HlgfaModel(nn.Module):
             misalignment=self.misalignment,
         )
         self.backbone_name, self.layers = backbone, list(layers)
+        self._unfitted_warning_given = False
         self.deepest_stride = max(self.feature_extractor.feature_extractor.feature_info.reduction())
         self.minimum_input_size = minimum_input_size(
             self.deepest_stride,
@@ -391,6 +401,26 @@ class HlgfaModel(nn.Module):
                 "or a smaller downsample_factor."
             )
             raise ValueError(msg)
+
+    def warn_if_unfitted(self) -> None:
+        """Warn, once per model, when a standardised misalignment runs without fitted feature statistics.
+
+        ``Hlgfa`` fits them at the start of training and checkpoints carry them; a bare ``HlgfaModel``
+        must be given them with ``set_feature_statistics``, or its maps are in raw feature units. A Python
+        check on a plain attribute: nothing enters an exported graph.
+        """
+        if self._unfitted_warning_given or all(standardization.fitted for standardization in self.standardization):
+            return
+        warnings.warn(
+            f"HlgfaModel runs with the {self.misalignment.value!r} misalignment but its feature statistics "
+            "are not fitted, so features are not standardised and maps and scores are in raw feature units. "
+            "Fit them on normal images with model.set_feature_statistics(model.feature_moments(images)) "
+            "(summed over batches), train through the Hlgfa Lightning module (which does it), or load a "
+            "trained checkpoint.",
+            UserWarning,
+            stacklevel=2,
+        )
+        self._unfitted_warning_given = True
 
     def low_resolution_view(self, images: torch.Tensor) -> torch.Tensor:
         """Downsample ``(B, 3, H, W)`` images by area averaging to ``(B, 3, ceil(H / f), ceil(W / f))``."""
@@ -475,6 +505,7 @@ class HlgfaModel(nn.Module):
             ValueError: If ``images`` is not ``(B, 3, H, W)`` or smaller than ``minimum_input_size``.
         """
         self.check_input(images)
+        self.warn_if_unfitted()
         predictions, targets = self.align(images)
         if self.training:
             return predictions, targets

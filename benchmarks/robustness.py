@@ -292,6 +292,7 @@ def run_job(model_name: str, category: str, args: argparse.Namespace, held_out: 
             ("detail_prior", args.hlgfa_detail_prior),
             ("downsample_factor", args.hlgfa_downsample_factor),
             ("max_epochs", args.hlgfa_max_epochs),
+            ("hidden_channels", args.hlgfa_hidden_channels),
         )
         if value is not None
     }
@@ -465,6 +466,9 @@ def main() -> None:
         "--hlgfa-downsample-factor", type=int, help="HLGFA's low-resolution factor (default: the model's default)."
     )
     parser.add_argument("--hlgfa-max-epochs", type=int, help="HLGFA's training epochs (default: the model's default).")
+    parser.add_argument(
+        "--hlgfa-hidden-channels", type=int, help="Width of HLGFA's refinement heads (default: the model's default)."
+    )
     parser.add_argument("--report-only", action="store_true", help="Only write the table from kept results.")
     parser.add_argument("--rerun", action="store_true", help="Ignore kept results and run every job again.")
     args = parser.parse_args()

@@ -1,5 +1,7 @@
 """HlgfaModel: shapes, the low-resolution view, priors, frozen backbone, and learning on normal images."""
 
+import warnings
+
 import pytest
 import torch
 from anomalib.data import InferenceBatch
@@ -94,6 +96,28 @@ def test_feature_statistics_must_match_the_levels() -> None:
     moments = tiny_model.feature_moments(texture_crops(2, 64))
     with pytest.raises(ValueError, match="moments for 2 feature levels, got 1"):
         tiny_model.set_feature_statistics(moments[:1])
+
+
+def test_unfitted_feature_statistics_warn_once_and_fitted_or_loaded_ones_do_not() -> None:
+    images = texture_crops(2, 64)
+    unfitted = HlgfaModel(**TINY).eval()
+    with pytest.warns(UserWarning, match=r"feature statistics are not fitted.*set_feature_statistics"):
+        unfitted(images)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unfitted(images)  # once per model
+        fitted = HlgfaModel(**TINY).eval()
+        fitted.set_feature_statistics(fitted.feature_moments(images))
+        fitted(images)
+        loaded = HlgfaModel(**TINY).eval()
+        loaded.load_state_dict(fitted.state_dict())
+        assert all(standardization.fitted for standardization in loaded.standardization)
+        loaded(images)
+        HlgfaModel(**TINY, misalignment="cosine").eval()(images)  # nothing to fit
+    # Loading an unfitted state dict leaves a model unfitted.
+    reloaded = HlgfaModel(**TINY).eval()
+    reloaded.load_state_dict(HlgfaModel(**TINY).state_dict())
+    assert not any(standardization.fitted for standardization in reloaded.standardization)
 
 
 def test_cosine_model_has_no_feature_statistics() -> None:
