@@ -9,6 +9,9 @@ of defective images; and quantiles of the map on normal images and on defect pix
 model's raw maps (before the post-processor's normalisation, which is monotonic and changes no
 AUROC), taken at every fourth pixel of the masks' resolution.
 
+``--per-level`` also prints the pixel AUROC of each feature level's map alone (the root-mean-square
+difference of that level, upsampled, before the Gaussian smoothing).
+
 ``--residual-std clean`` (or ``augmented``) also scores a variant: each level's prediction error divided
 per channel by its root-mean-square on the training images (clean, or with the default nuisance
 augmentation, seed 7), so that channels the model predicts loosely on normal images weigh less.
@@ -16,7 +19,8 @@ augmentation, seed 7), so that channels the model predicts loosely on normal ima
 Usage::
 
     python benchmarks/pixel_auroc_split.py --root ../shared/data --category solar_cell \
-        --checkpoints default=PATH/model.ckpt no_augmentation=PATH/model.ckpt [--residual-std clean augmented]
+        --checkpoints default=PATH/model.ckpt no_augmentation=PATH/model.ckpt [--per-level] \
+        [--residual-std clean augmented]
 """
 
 import argparse
@@ -77,6 +81,22 @@ def test_maps(
     return torch.cat(maps), torch.cat(masks), torch.cat(labels)
 
 
+@torch.inference_mode()
+def level_aurocs(model: Hlgfa, datamodule: MVTecAD) -> list[float]:
+    """Pixel AUROC of each level's root-mean-square difference map alone, upsampled, unsmoothed."""
+    levels, masks = [], []
+    for batch in datamodule.test_dataloader():
+        predictions, targets = model.model.align(model.pre_processor.transform(batch.image))
+        maps = [(p - t).pow(2).mean(dim=1, keepdim=True).sqrt() for p, t in zip(predictions, targets, strict=True)]
+        size = batch.gt_mask.shape[-2:]
+        levels.append(
+            torch.stack([F.interpolate(m, size=size, mode="bilinear")[:, 0, ::STRIDE, ::STRIDE] for m in maps])
+        )
+        masks.append(batch.gt_mask.bool()[:, ::STRIDE, ::STRIDE])
+    level_maps, mask = torch.cat(levels, dim=1), torch.cat(masks)
+    return [auroc(level[mask], level[~mask]) for level in level_maps]
+
+
 def split(maps: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> dict[str, float | str]:
     """The pixel AUROC and its parts (see the module docstring)."""
     localised = [i for i in torch.nonzero(labels).flatten() if 0 < masks[i].sum() < masks[i].numel()]
@@ -100,6 +120,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, required=True, help="MVTec-layout data root.")
     parser.add_argument("--category", required=True)
     parser.add_argument("--checkpoints", nargs="+", required=True, help="NAME=PATH of trained Hlgfa checkpoints.")
+    parser.add_argument("--per-level", action="store_true", help="Also each level's map alone.")
     parser.add_argument("--residual-std", nargs="*", choices=["clean", "augmented"], default=[])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -111,6 +132,13 @@ def main() -> None:
     rows = []
     for name, path in checkpoints.items():
         model = Hlgfa.load_from_checkpoint(path, weights_only=False).eval()
+        if args.per_level:
+            per_level = level_aurocs(model, datamodule)
+            print(
+                f"{name}: pixel AUROC per level "
+                + ", ".join(f"{layer} {value:.4f}" for layer, value in zip(model.model.layers, per_level, strict=True)),
+                flush=True,
+            )
         variants: dict[str, list[torch.Tensor] | None] = {"raw map": None}
         for fitted_on in args.residual_std:
             augmentation = NuisanceAugmentation(NuisanceConfig(seed=7)) if fitted_on == "augmented" else None
