@@ -28,8 +28,8 @@ Kept results (``OUTPUT/jobs/CATEGORY__MODEL__seedN.json``, one per ``--seeds`` e
 ``--rerun``; ``--report-only`` writes the table from them. The table goes to ``OUTPUT/robustness.md`` and
 ``OUTPUT/robustness.csv``.
 ``--hlgfa-layers``, ``--hlgfa-score-reduction``, ``--hlgfa-misalignment``, ``--hlgfa-detail-prior``,
-``--hlgfa-downsample-factor``, ``--hlgfa-max-epochs`` and ``--hlgfa-hidden-channels`` override HLGFA's
-defaults (recorded in each result; give each setting its own ``--output``, since kept jobs are named by model
+``--hlgfa-downsample-factor``, ``--hlgfa-max-epochs``, ``--hlgfa-hidden-channels`` and
+``--hlgfa-prior-channels`` override HLGFA's defaults (recorded in each result; give each setting its own ``--output``, since kept jobs are named by model
 only).
 """
 
@@ -324,6 +324,7 @@ def run_job(model_name: str, category: str, args: argparse.Namespace, held_out: 
             ("downsample_factor", args.hlgfa_downsample_factor),
             ("max_epochs", args.hlgfa_max_epochs),
             ("hidden_channels", args.hlgfa_hidden_channels),
+            ("prior_channels", args.hlgfa_prior_channels),
         )
         if value is not None
     }
@@ -508,6 +509,9 @@ def main() -> None:
     parser.add_argument("--hlgfa-max-epochs", type=int, help="HLGFA's training epochs (default: the model's default).")
     parser.add_argument(
         "--hlgfa-hidden-channels", type=int, help="Width of HLGFA's refinement heads (default: the model's default)."
+    )
+    parser.add_argument(
+        "--hlgfa-prior-channels", type=int, help="Channels of HLGFA's priors (default: the model's default)."
     )
     parser.add_argument(
         "--hlgfa-rms-loss",
