@@ -29,8 +29,8 @@ Kept results (``OUTPUT/jobs/CATEGORY__MODEL__seedN.json``, one per ``--seeds`` e
 ``OUTPUT/robustness.csv``.
 ``--hlgfa-layers``, ``--hlgfa-score-reduction``, ``--hlgfa-misalignment``, ``--hlgfa-detail-prior``,
 ``--hlgfa-downsample-factor``, ``--hlgfa-max-epochs``, ``--hlgfa-hidden-channels`` and
-``--hlgfa-prior-channels`` override HLGFA's defaults (recorded in each result; give each setting its own ``--output``, since kept jobs are named by model
-only).
+``--hlgfa-prior-channels`` override HLGFA's defaults (recorded in each result; give each setting its own
+``--output``, since kept jobs are named by model only); ``--hlgfa-rms-loss`` trains on a candidate loss.
 """
 
 import argparse
