@@ -409,7 +409,10 @@ class HlgfaModel(nn.Module):
         must be given them with ``set_feature_statistics``, or its maps are in raw feature units. A Python
         check on a plain attribute: nothing enters an exported graph.
         """
-        if self._unfitted_warning_given or all(standardization.fitted for standardization in self.standardization):
+        # getattr: torch exports pickled before these attributes existed hold trained, fitted models.
+        if getattr(self, "_unfitted_warning_given", False) or all(
+            getattr(standardization, "fitted", True) for standardization in self.standardization
+        ):
             return
         warnings.warn(
             f"HlgfaModel runs with the {self.misalignment.value!r} misalignment but its feature statistics "

@@ -104,7 +104,7 @@ def test_unfitted_feature_statistics_warn_once_and_fitted_or_loaded_ones_do_not(
     with pytest.warns(UserWarning, match=r"feature statistics are not fitted.*set_feature_statistics"):
         unfitted(images)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.filterwarnings("error", message=".*feature statistics are not fitted")
         unfitted(images)  # once per model
         fitted = HlgfaModel(**TINY).eval()
         fitted.set_feature_statistics(fitted.feature_moments(images))
@@ -118,6 +118,18 @@ def test_unfitted_feature_statistics_warn_once_and_fitted_or_loaded_ones_do_not(
     reloaded = HlgfaModel(**TINY).eval()
     reloaded.load_state_dict(HlgfaModel(**TINY).state_dict())
     assert not any(standardization.fitted for standardization in reloaded.standardization)
+
+
+def test_model_pickled_before_the_fitted_flag_still_runs() -> None:
+    """Torch exports pickle the whole model: one pickled before the flag existed must run, and not warn."""
+    model = HlgfaModel(**TINY).eval()
+    model.set_feature_statistics(model.feature_moments(texture_crops(2, 64)))
+    del model._unfitted_warning_given
+    for standardization in model.standardization:
+        del standardization.fitted
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*feature statistics are not fitted")
+        assert torch.isfinite(model(texture_crops(2, 64)).pred_score).all()
 
 
 def test_cosine_model_has_no_feature_statistics() -> None:
