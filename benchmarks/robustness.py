@@ -292,6 +292,35 @@ class RootMeanSquareAlignmentLoss(torch.nn.Module):
         return torch.stack([(squared_error_map(p, t) + 1e-6).sqrt().mean() for p, t in pairs]).mean()
 
 
+def predict_best_of(model: torch.nn.Module, hypotheses: int) -> None:
+    """A candidate: each head predicts several hypotheses; per position the closest one is compared.
+
+    A model trained on images with and without nuisances must predict one feature for both; with several
+    hypotheses it can keep one for each. Training is winner-takes-all (only the closest hypothesis per
+    position gets the loss); inference scores the closest. Patches ``model`` (an ``HlgfaModel``) in place:
+    the heads' output projections widen to ``hypotheses`` times the channels, and ``align`` returns the
+    closest hypothesis, so the loss and the anomaly map are unchanged. Benchmark-only: not exportable, and
+    its checkpoints do not load into a plain ``Hlgfa``.
+    """
+    for head in model.heads:
+        projection = head.output_projection
+        head.output_projection = torch.nn.Conv2d(projection.in_channels, hypotheses * projection.out_channels, 1)
+    align = model.align
+
+    def align_best(images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        predictions, targets = align(images)
+        best = []
+        for prediction, target in zip(predictions, targets, strict=True):
+            batch, channels, height, width = target.shape
+            candidates = prediction.view(batch, hypotheses, channels, height, width)
+            closest = (candidates - target.unsqueeze(1)).pow(2).mean(dim=2).argmin(dim=1)  # (B, h, w)
+            index = closest.view(batch, 1, 1, height, width).expand(batch, 1, channels, height, width)
+            best.append(candidates.gather(1, index).squeeze(1))
+        return best, targets
+
+    model.align = align_best
+
+
 class CleanLastEpoch(Callback):
     """A candidate: the default augmentation in every epoch but the last, which trains on clean images.
 
@@ -332,6 +361,8 @@ def run_job(model_name: str, category: str, args: argparse.Namespace, held_out: 
     model.visualizer = None
     if args.hlgfa_rms_loss and model_name.startswith("hlgfa"):
         model.loss = RootMeanSquareAlignmentLoss()
+    if args.hlgfa_hypotheses > 1 and model_name.startswith("hlgfa"):
+        predict_best_of(model.model, args.hlgfa_hypotheses)
 
     def datamodule(root: Path) -> MVTecAD:
         module = MVTecAD(
@@ -358,7 +389,11 @@ def run_job(model_name: str, category: str, args: argparse.Namespace, held_out: 
         "category": category,
         "seed": args.seed,
         "hlgfa_arguments": (
-            {**hlgfa_arguments, **({"loss": "root_mean_square"} if args.hlgfa_rms_loss else {})}
+            {
+                **hlgfa_arguments,
+                **({"loss": "root_mean_square"} if args.hlgfa_rms_loss else {}),
+                **({"hypotheses": args.hlgfa_hypotheses} if args.hlgfa_hypotheses > 1 else {}),
+            }
             if model_name.startswith("hlgfa")
             else None
         ),
@@ -517,6 +552,12 @@ def main() -> None:
         "--hlgfa-rms-loss",
         action="store_true",
         help="Train HLGFA on the mean root-mean-square difference (RootMeanSquareAlignmentLoss), a candidate.",
+    )
+    parser.add_argument(
+        "--hlgfa-hypotheses",
+        type=int,
+        default=1,
+        help="Hypotheses per HLGFA head, the closest scored (predict_best_of), a candidate; 1 is the model.",
     )
     parser.add_argument("--report-only", action="store_true", help="Only write the table from kept results.")
     parser.add_argument("--rerun", action="store_true", help="Ignore kept results and run every job again.")
