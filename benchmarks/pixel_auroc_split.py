@@ -125,7 +125,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    checkpoints = dict(item.split("=", 1) for item in args.checkpoints)
+    named = [item.split("=", 1) for item in args.checkpoints]
+    if any(len(pair) != 2 for pair in named):
+        parser.error("--checkpoints takes NAME=PATH pairs, for example default=results/model.ckpt")
+    missing = [path for _, path in named if not Path(path).is_file()]
+    if missing:
+        parser.error(f"checkpoint not found: {', '.join(missing)}")
+    checkpoints = dict(named)
 
     datamodule = MVTecAD(root=args.root, category=args.category, train_batch_size=32, eval_batch_size=32, num_workers=0)
     datamodule.setup()
