@@ -30,7 +30,8 @@ Kept results (``OUTPUT/jobs/CATEGORY__MODEL__seedN.json``, one per ``--seeds`` e
 ``--hlgfa-layers``, ``--hlgfa-score-reduction``, ``--hlgfa-misalignment``, ``--hlgfa-detail-prior``,
 ``--hlgfa-downsample-factor``, ``--hlgfa-max-epochs``, ``--hlgfa-hidden-channels`` and
 ``--hlgfa-prior-channels`` override HLGFA's defaults (recorded in each result; give each setting its own
-``--output``, since kept jobs are named by model only); ``--hlgfa-rms-loss`` trains on a candidate loss.
+``--output``, since kept jobs are named by model only); ``--hlgfa-rms-loss`` trains on a candidate loss and
+``--hlgfa-hypotheses K`` gives each head K predictions, the closest scored (``predict_best_of``).
 """
 
 import argparse
@@ -562,6 +563,8 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="Only write the table from kept results.")
     parser.add_argument("--rerun", action="store_true", help="Ignore kept results and run every job again.")
     args = parser.parse_args()
+    if args.hlgfa_hypotheses < 1:
+        parser.error(f"--hlgfa-hypotheses must be at least 1 (1 is the model as it is), got {args.hlgfa_hypotheses}")
 
     jobs = args.output / "jobs"
     jobs.mkdir(parents=True, exist_ok=True)
