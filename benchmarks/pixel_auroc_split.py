@@ -32,6 +32,7 @@ from torch.nn import functional as F  # noqa: N812
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_hlgfa import Hlgfa
+from anomalib_hlgfa.anomaly_map import Misalignment, misalignment_map
 from anomalib_hlgfa.augmentation import NuisanceAugmentation, NuisanceConfig
 
 STRIDE = 4  # every fourth pixel of the masks: about 1/16 of the pixels, plenty for these AUROCs
@@ -63,38 +64,43 @@ def residual_rms(model: Hlgfa, datamodule: MVTecAD, augmentation: NuisanceAugmen
 def test_maps(
     model: Hlgfa,
     datamodule: MVTecAD,
-    scale: list[torch.Tensor] | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Raw maps ``(N, h, w)``, masks ``(N, h, w)`` and labels ``(N,)`` of the test split, on the masks' grid."""
-    maps, masks, labels = [], [], []
+    scales: dict[str, list[torch.Tensor] | None],
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pass over the test split: each variant's raw map, each level's map, the masks and the labels.
+
+    Args:
+        model (Hlgfa): Trained model.
+        datamodule (MVTecAD): Data; its test split is scored.
+        scales (dict[str, list[torch.Tensor] | None]): Per variant, the per-level divisor of predictions and
+            targets (``None``: the model's own map).
+
+    Returns:
+        Per variant the maps ``(N, h, w)``; the per-level maps ``(L, N, h, w)`` (root-mean-square difference,
+        upsampled, unsmoothed); the masks ``(N, h, w)`` and labels ``(N,)``; all on the masks' grid.
+    """
+    maps: dict[str, list[torch.Tensor]] = {variant: [] for variant in scales}
+    levels, masks, labels = [], [], []
     for batch in datamodule.test_dataloader():
         images = model.pre_processor.transform(batch.image)
         predictions, targets = model.model.align(images)
-        if scale is not None:
-            predictions = [p / s for p, s in zip(predictions, scale, strict=True)]
-            targets = [t / s for t, s in zip(targets, scale, strict=True)]
-        anomaly_map, _ = model.model.anomaly_map_generator(predictions, targets, images.shape[-2:])
-        anomaly_map = F.interpolate(anomaly_map, size=batch.gt_mask.shape[-2:], mode="bilinear")
-        maps.append(anomaly_map[:, 0, ::STRIDE, ::STRIDE])
-        masks.append(batch.gt_mask.bool()[:, ::STRIDE, ::STRIDE])
-        labels.append(batch.gt_label.bool())
-    return torch.cat(maps), torch.cat(masks), torch.cat(labels)
-
-
-@torch.inference_mode()
-def level_aurocs(model: Hlgfa, datamodule: MVTecAD) -> list[float]:
-    """Pixel AUROC of each level's root-mean-square difference map alone, upsampled, unsmoothed."""
-    levels, masks = [], []
-    for batch in datamodule.test_dataloader():
-        predictions, targets = model.model.align(model.pre_processor.transform(batch.image))
-        maps = [(p - t).pow(2).mean(dim=1, keepdim=True).sqrt() for p, t in zip(predictions, targets, strict=True)]
         size = batch.gt_mask.shape[-2:]
+        for variant, scale in scales.items():
+            scaled_predictions, scaled_targets = predictions, targets
+            if scale is not None:
+                scaled_predictions = [p / s for p, s in zip(predictions, scale, strict=True)]
+                scaled_targets = [t / s for t, s in zip(targets, scale, strict=True)]
+            anomaly_map, _ = model.model.anomaly_map_generator(scaled_predictions, scaled_targets, images.shape[-2:])
+            maps[variant].append(F.interpolate(anomaly_map, size=size, mode="bilinear")[:, 0, ::STRIDE, ::STRIDE])
+        level_maps = [
+            misalignment_map(p, t, Misalignment.STANDARDISED_RMS) for p, t in zip(predictions, targets, strict=True)
+        ]
         levels.append(
-            torch.stack([F.interpolate(m, size=size, mode="bilinear")[:, 0, ::STRIDE, ::STRIDE] for m in maps])
+            torch.stack([F.interpolate(m, size=size, mode="bilinear")[:, 0, ::STRIDE, ::STRIDE] for m in level_maps])
         )
         masks.append(batch.gt_mask.bool()[:, ::STRIDE, ::STRIDE])
-    level_maps, mask = torch.cat(levels, dim=1), torch.cat(masks)
-    return [auroc(level[mask], level[~mask]) for level in level_maps]
+        labels.append(batch.gt_label.bool())
+    variant_maps = {variant: torch.cat(chunks) for variant, chunks in maps.items()}
+    return variant_maps, torch.cat(levels, dim=1), torch.cat(masks), torch.cat(labels)
 
 
 def split(maps: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> dict[str, float | str]:
@@ -138,19 +144,20 @@ def main() -> None:
     rows = []
     for name, path in checkpoints.items():
         model = Hlgfa.load_from_checkpoint(path, weights_only=False).eval()
+        variants: dict[str, list[torch.Tensor] | None] = {"raw map": None}
+        for fitted_on in args.residual_std:
+            augmentation = NuisanceAugmentation(NuisanceConfig(seed=7)) if fitted_on == "augmented" else None
+            variants[f"residual RMS ({fitted_on})"] = residual_rms(model, datamodule, augmentation)
+        variant_maps, level_maps, masks, labels = test_maps(model, datamodule, variants)
         if args.per_level:
-            per_level = level_aurocs(model, datamodule)
+            per_level = [auroc(level[masks], level[~masks]) for level in level_maps]
             print(
                 f"{name}: pixel AUROC per level "
                 + ", ".join(f"{layer} {value:.4f}" for layer, value in zip(model.model.layers, per_level, strict=True)),
                 flush=True,
             )
-        variants: dict[str, list[torch.Tensor] | None] = {"raw map": None}
-        for fitted_on in args.residual_std:
-            augmentation = NuisanceAugmentation(NuisanceConfig(seed=7)) if fitted_on == "augmented" else None
-            variants[f"residual RMS ({fitted_on})"] = residual_rms(model, datamodule, augmentation)
-        for variant, scale in variants.items():
-            rows.append({"model": name, "map": variant, **split(*test_maps(model, datamodule, scale))})
+        for variant, maps in variant_maps.items():
+            rows.append({"model": name, "map": variant, **split(maps, masks, labels)})
             print(rows[-1], flush=True)
 
     columns = list(rows[0])
