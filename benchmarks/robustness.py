@@ -31,7 +31,9 @@ Kept results (``OUTPUT/jobs/CATEGORY__MODEL__seedN.json``, one per ``--seeds`` e
 ``--hlgfa-downsample-factor``, ``--hlgfa-max-epochs``, ``--hlgfa-hidden-channels`` and
 ``--hlgfa-prior-channels`` override HLGFA's defaults (recorded in each result; give each setting its own
 ``--output``, since kept jobs are named by model only); ``--hlgfa-rms-loss`` trains on a candidate loss and
-``--hlgfa-hypotheses K`` gives each head K predictions, the closest scored (``predict_best_of``).
+``--hlgfa-hypotheses K`` gives each head K predictions, the closest scored (``predict_best_of``);
+``--hlgfa-global-detail`` also modulates each head by the image's global detail level
+(``condition_on_global_detail``).
 """
 
 import argparse
@@ -322,6 +324,35 @@ def predict_best_of(model: torch.nn.Module, hypotheses: int) -> None:
     model.align = align_best
 
 
+def condition_on_global_detail(model: torch.nn.Module) -> None:
+    """A candidate: each head's modulation also sees the image's global detail level.
+
+    The low-resolution view barely shows whether an image is sharp or blurred, clean or noisy, so a model
+    trained on both may hedge between them. Each head gets, per image, the log root-mean-square of each
+    detail-prior channel over the whole image (a sharpness and noise level that a small defect hardly
+    moves), mapped by a zero-initialised 1x1 convolution to a scale and shift added to the structure
+    prior's. Patches ``model`` (an ``HlgfaModel``) in place before training. Benchmark-only: its checkpoints
+    do not load into a plain ``Hlgfa``.
+    """
+    for head in model.heads:
+        hidden = head.input_projection.out_channels
+        head.global_modulation = torch.nn.Conv2d(head.priors.detail_projection.out_channels, 2 * hidden, 1)
+        torch.nn.init.zeros_(head.global_modulation.weight)
+        torch.nn.init.zeros_(head.global_modulation.bias)
+
+        def forward(
+            low_features: torch.Tensor, high_features: torch.Tensor, head: torch.nn.Module = head
+        ) -> torch.Tensor:
+            structure, detail = head.priors(high_features)
+            level = 0.5 * (detail.square().mean(dim=(2, 3), keepdim=True) + 1e-6).log()  # (B, P, 1, 1)
+            scale, shift = (head.modulation(structure) + head.global_modulation(level)).chunk(2, dim=1)
+            modulated = head.norm(head.input_projection(low_features)) * (1 + scale) + shift
+            refined = modulated + torch.sigmoid(head.gate(detail)) * head.residual(modulated)
+            return head.output_projection(refined)
+
+        head.forward = forward
+
+
 class CleanLastEpoch(Callback):
     """A candidate: the default augmentation in every epoch but the last, which trains on clean images.
 
@@ -364,6 +395,8 @@ def run_job(model_name: str, category: str, args: argparse.Namespace, held_out: 
         model.loss = RootMeanSquareAlignmentLoss()
     if args.hlgfa_hypotheses > 1 and model_name.startswith("hlgfa"):
         predict_best_of(model.model, args.hlgfa_hypotheses)
+    if args.hlgfa_global_detail and model_name.startswith("hlgfa"):
+        condition_on_global_detail(model.model)
 
     def datamodule(root: Path) -> MVTecAD:
         module = MVTecAD(
@@ -394,6 +427,7 @@ def run_job(model_name: str, category: str, args: argparse.Namespace, held_out: 
                 **hlgfa_arguments,
                 **({"loss": "root_mean_square"} if args.hlgfa_rms_loss else {}),
                 **({"hypotheses": args.hlgfa_hypotheses} if args.hlgfa_hypotheses > 1 else {}),
+                **({"global_detail": True} if args.hlgfa_global_detail else {}),
             }
             if model_name.startswith("hlgfa")
             else None
@@ -559,6 +593,11 @@ def main() -> None:
         type=int,
         default=1,
         help="Hypotheses per HLGFA head, the closest scored (predict_best_of), a candidate; 1 is the model.",
+    )
+    parser.add_argument(
+        "--hlgfa-global-detail",
+        action="store_true",
+        help="Modulate HLGFA's heads also by the global detail level (condition_on_global_detail), a candidate.",
     )
     parser.add_argument("--report-only", action="store_true", help="Only write the table from kept results.")
     parser.add_argument("--rerun", action="store_true", help="Ignore kept results and run every job again.")
