@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from anomalib.data import MVTecAD
 from PIL import Image
 
@@ -79,3 +80,18 @@ def test_per_defect_auroc_ranks_each_type_against_all_normals() -> None:
     lines = robustness.per_defect_table([row])
     assert "| tile | seed | crack | speck |" in lines
     assert "| m | 0 | 1.000 | 0.500 |" in lines
+
+
+def test_global_detail_candidate_starts_as_the_model_and_learns(tiny_model) -> None:
+    robustness = _robustness()
+    images = torch.rand(2, 3, 64, 64)
+    tiny_model.eval()
+    before = tiny_model(images).anomaly_map
+    robustness.condition_on_global_detail(tiny_model)
+    # Zero-initialised: the candidate starts from the model as it is.
+    torch.testing.assert_close(tiny_model(images).anomaly_map, before)
+    tiny_model.train()
+    predictions, targets = tiny_model(images)
+    sum((p - t).pow(2).mean() for p, t in zip(predictions, targets, strict=True)).backward()
+    for head in tiny_model.heads:
+        assert head.global_modulation.weight.grad.abs().sum() > 0
