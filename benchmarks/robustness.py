@@ -343,6 +343,7 @@ def condition_on_global_detail(model: torch.nn.Module) -> None:
         def forward(
             low_features: torch.Tensor, high_features: torch.Tensor, head: torch.nn.Module = head
         ) -> torch.Tensor:
+            # RefinementHead's full path, plus the global term in the modulation.
             structure, detail = head.priors(high_features)
             level = 0.5 * (detail.square().mean(dim=(2, 3), keepdim=True) + 1e-6).log()  # (B, P, 1, 1)
             scale, shift = (head.modulation(structure) + head.global_modulation(level)).chunk(2, dim=1)
