@@ -8,6 +8,8 @@ import torch
 from anomalib.data import MVTecAD
 from PIL import Image
 
+from anomalib_hlgfa import HlgfaModel
+
 from .conftest import load_script
 
 
@@ -82,7 +84,7 @@ def test_per_defect_auroc_ranks_each_type_against_all_normals() -> None:
     assert "| m | 0 | 1.000 | 0.500 |" in lines
 
 
-def test_global_detail_candidate_starts_as_the_model_and_learns(tiny_model) -> None:
+def test_global_detail_candidate_starts_as_the_model_and_learns(tiny_model: HlgfaModel) -> None:
     robustness = _robustness()
     images = torch.rand(2, 3, 64, 64)
     tiny_model.eval()
