@@ -26,6 +26,14 @@ def test_get_model_finds_hlgfa_by_short_name() -> None:
     assert isinstance(model, Hlgfa)
 
 
+@pytest.mark.parametrize("class_path", ["Hlgfa", "anomalib.models.Hlgfa"])
+def test_get_model_finds_hlgfa_by_config_class_path(class_path: str) -> None:
+    # The form anomalib's benchmark and tiled-ensemble pipelines pass to get_model.
+    model = get_model({"class_path": class_path, "init_args": {**TINY, "hidden_channels": 4}})
+    assert isinstance(model, Hlgfa)
+    assert model.model.heads[0].output_projection.in_channels == 4  # init_args reached the model
+
+
 def test_default_pre_processor_uses_the_backbone_normalisation() -> None:
     model = _tiny_hlgfa()
     assert model.input_size == (64, 64)
