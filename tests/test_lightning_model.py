@@ -1,12 +1,13 @@
 """Hlgfa as an anomalib model: registration, components, optimizer, and checkpoint round trip."""
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from anomalib.data import MVTecAD
+from anomalib.data import Folder, MVTecAD
 from anomalib.engine import Engine
 from anomalib.models import get_model
 
@@ -100,6 +101,36 @@ def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 
 def _tiny_datamodule(root: Path) -> MVTecAD:
     return MVTecAD(root=root, category="gravel", train_batch_size=4, eval_batch_size=4, num_workers=0)
+
+
+def test_trains_on_a_folder_of_own_images_without_masks(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A user's own data (anomalib's Folder): normal and defective images, no masks: image metrics only."""
+    category = tiny_dataset / "gravel"
+    normal, defective = tmp_path / "parts" / "good", tmp_path / "parts" / "defect"
+    defective.mkdir(parents=True)
+    shutil.copytree(category / "train" / "good", normal)
+    for image in (category / "test" / "good").iterdir():
+        shutil.copy(image, normal / f"test_{image.name}")
+    for image in (category / "test").glob("[!g]*/*.png"):  # every defect type, not "good"
+        shutil.copy(image, defective / f"{image.parent.name}_{image.name}")
+    datamodule = Folder(
+        name="parts",
+        root=tmp_path / "parts",
+        normal_dir="good",
+        abnormal_dir="defect",
+        train_batch_size=4,
+        eval_batch_size=4,
+        num_workers=0,
+    )
+    model = _tiny_hlgfa(max_epochs=1)
+    engine = Engine(default_root_dir=tmp_path / "results", logger=False, enable_progress_bar=False)
+    engine.fit(model=model, datamodule=datamodule)
+    (metrics,) = engine.test(model=model, datamodule=datamodule)
+    assert set(metrics) == {"image_AUROC", "image_F1Score"}  # no masks: anomalib skips the pixel metrics
+    assert all(0.0 <= value <= 1.0 for value in metrics.values()), metrics
+    predictions = engine.predict(model=model, data_path=defective)
+    assert sum(len(batch.pred_score) for batch in predictions) == len(list(defective.iterdir()))
+    assert all(batch.anomaly_map.shape[-2:] == (64, 64) for batch in predictions)
 
 
 def test_fit_test_and_checkpoint_round_trip(trained: tuple[Hlgfa, Path, dict]) -> None:
