@@ -154,6 +154,18 @@ def gaussian_blur_matrix(size: int, sigma: float, radius: int) -> torch.Tensor:
     return responses.transpose(0, 1)  # row j is the response to impulse j: column j of the operator
 
 
+class _RemovedSeparableGaussianBlur(nn.Module):
+    """Stands in for release 0.4's blur module while a 0.4 torch export unpickles; dropped right after."""
+
+
+def __getattr__(name: str) -> type:
+    # Release 0.4's torch exports (pickles of the whole model) name their blur module's class here.
+    if name == "SeparableGaussianBlur":
+        return _RemovedSeparableGaussianBlur
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
 class AnomalyMapGenerator(nn.Module):
     """Fuse per-level misalignment maps into a pixel anomaly map and an image score.
 
@@ -186,6 +198,17 @@ class AnomalyMapGenerator(nn.Module):
         self.blur_radius = int(4.0 * sigma + 0.5) if sigma > 0 else 0
         # Per (input length, output length, dtype, device): the axis's upsampling and smoothing as one matrix.
         self._axis_operators: dict[tuple, torch.Tensor] = {}
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle, also from release 0.4's torch exports: their blur module gives way to the matrices.
+
+        0.4 blurred with a separable convolution of the same kernel and reflect padding, so the same
+        maps and scores come out (to float rounding).
+        """
+        super().__setstate__(state)
+        if isinstance(self._modules.get("blur"), _RemovedSeparableGaussianBlur | nn.Identity):
+            del self._modules["blur"]
+        self.__dict__.setdefault("_axis_operators", {})
 
     def forward(
         self,

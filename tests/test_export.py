@@ -1,5 +1,6 @@
 """Export through anomalib (torch, ONNX, OpenVINO) carries the whole pipeline, with parity to torch."""
 
+import copy
 import csv
 import shutil
 import sys
@@ -14,7 +15,7 @@ from anomalib.deploy import CompressionType, TorchInferencer
 from anomalib.engine import Engine
 from PIL import Image
 
-from anomalib_hlgfa import Hlgfa
+from anomalib_hlgfa import Hlgfa, anomaly_map
 from anomalib_hlgfa.quantization import fp32_scope
 
 from .conftest import TINY, load_script
@@ -113,6 +114,48 @@ def test_torch_export_loads_in_torch_inferencer(
     path = model.to_torch(export_root=tmp_path)
     monkeypatch.setenv("TRUST_REMOTE_CODE", "1")  # anomalib's opt-in for loading a pickled model we made
     inferencer = TorchInferencer(path=path, device="cpu")
+    output = inferencer.model(images)
+    exported = {name: value.detach().numpy() for name, value in output._asdict().items() if value is not None}
+    _assert_parity(exported, torch_outputs)
+
+
+def _release_0_4_blur(sigma: float) -> torch.nn.Module:
+    """Release 0.4's blur module as its torch exports hold it: its class name, the kernel a non-persistent buffer."""
+
+    def initialise(self: torch.nn.Module, sigma: float) -> None:
+        torch.nn.Module.__init__(self)
+        self.sigma = sigma
+        self.radius = int(4.0 * sigma + 0.5)
+        self.register_buffer("gaussian", torch.ones(1, 1, 1, 2 * self.radius + 1), persistent=False)
+
+    blur_class = type(
+        "SeparableGaussianBlur", (torch.nn.Module,), {"__init__": initialise, "__module__": anomaly_map.__name__}
+    )
+    return blur_class(sigma)
+
+
+def test_release_0_4_torch_export_loads_with_the_same_outputs(
+    model_and_inputs: tuple[Hlgfa, torch.Tensor],
+    torch_outputs: dict[str, np.ndarray],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """0.4 pickled the generator with a blur module and without the matrix cache; 0.5 loads and runs it alike."""
+    model, images = model_and_inputs
+    legacy = copy.deepcopy(model)
+    generator = legacy.model.anomaly_map_generator
+    generator.blur = _release_0_4_blur(generator.sigma)
+    del generator._axis_operators
+    # Pickle finds the class by its name in the module, as in 0.4; the module no longer defines it after.
+    vars(anomaly_map)["SeparableGaussianBlur"] = type(generator.blur)
+    try:
+        torch.save({"model": legacy}, tmp_path / "model.pt")
+    finally:
+        del vars(anomaly_map)["SeparableGaussianBlur"]
+
+    monkeypatch.setenv("TRUST_REMOTE_CODE", "1")
+    inferencer = TorchInferencer(path=tmp_path / "model.pt", device="cpu")
+    assert "blur" not in dict(inferencer.model.model.anomaly_map_generator.named_children())
     output = inferencer.model(images)
     exported = {name: value.detach().numpy() for name, value in output._asdict().items() if value is not None}
     _assert_parity(exported, torch_outputs)
