@@ -226,15 +226,35 @@ class AnomalyMapGenerator(nn.Module):
         Returns:
             tuple[torch.Tensor, torch.Tensor]: Anomaly map ``(B, 1, H, W)`` and image score ``(B,)``.
         """
+        anomaly_map, score_map = self.maps(predictions, targets, image_size)
+        return anomaly_map, self.image_score(score_map)
+
+    def maps(
+        self,
+        predictions: list[torch.Tensor],
+        targets: list[torch.Tensor],
+        image_size: tuple[int, int] | torch.Size,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compute the anomaly map and the map the image score is reduced from.
+
+        Args:
+            predictions (list[torch.Tensor]): Per level, refined features ``(B, C_l, h_l, w_l)``.
+            targets (list[torch.Tensor]): Per level, high-resolution features ``(B, C_l, h_l, w_l)``.
+            image_size (tuple[int, int] | torch.Size): Input height and width ``(H, W)``.
+
+        Returns:
+            tuple[torch.Tensor, torch.Tensor]: Anomaly map and score map, each ``(B, 1, H, W)``; the same
+            tensor unless the misalignment is ``"standardised_rms_cosine"``.
+        """
         pairs = list(zip(predictions, targets, strict=True))
         level_maps = [misalignment_map(p, t, self.misalignment) for p, t in pairs]
         if self.misalignment != Misalignment.STANDARDISED_RMS_COSINE:
             anomaly_map = self.fuse(level_maps, image_size)
-            return anomaly_map, self.image_score(anomaly_map)
+            return anomaly_map, anomaly_map
         # The score's own map goes through the same upsampling and blur, as a second channel of one call.
         both = [torch.cat([m, rms_cosine_map(p, t)], dim=1) for m, (p, t) in zip(level_maps, pairs, strict=True)]
         anomaly_map, score_map = self.fuse(both, image_size).chunk(2, dim=1)
-        return anomaly_map, self.image_score(score_map)
+        return anomaly_map, score_map
 
     def fuse(self, level_maps: list[torch.Tensor], image_size: tuple[int, int] | torch.Size) -> torch.Tensor:
         """Upsample per-level maps ``(B, M, h_l, w_l)`` to ``image_size``, average and smooth: ``(B, M, H, W)``.

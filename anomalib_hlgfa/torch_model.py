@@ -33,6 +33,7 @@ from enum import Enum
 
 import torch
 from anomalib.data import InferenceBatch
+from anomalib.data.utils.tiler import Tiler
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
@@ -365,12 +366,19 @@ class HlgfaModel(nn.Module):
         )
         self.backbone_name, self.layers = backbone, list(layers)
         self._unfitted_warning_given = False
+        # Set by anomalib's TilerConfigurationCallback: large images are then processed tile by tile.
+        self.tiler: Tiler | None = None
         self.deepest_stride = max(self.feature_extractor.feature_extractor.feature_info.reduction())
         self.minimum_input_size = minimum_input_size(
             self.deepest_stride,
             downsample_factor,
             self.anomaly_map_generator.blur_radius,
         )
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle, also torch exports made before tiling support (release 0.5.0 and earlier)."""
+        super().__setstate__(state)
+        self.__dict__.setdefault("tiler", None)
 
     def check_input(self, images: torch.Tensor) -> None:
         """Raise a clear error for input the model cannot process, before any computation.
@@ -435,13 +443,17 @@ class HlgfaModel(nn.Module):
         """Per-channel sums of the high-resolution features and of their squares, to fit the statistics.
 
         Args:
-            images (torch.Tensor): Normalised normal images ``(B, 3, H, W)``.
+            images (torch.Tensor): Normalised normal images ``(B, 3, H, W)``; with a ``tiler``, split into
+                tiles first, as the model sees them.
 
         Returns:
             list[torch.Tensor]: Per level, ``(3, C_l)`` float64: the number of feature positions (in every
             column), the sums and the sums of squares. Sums over batches (and processes) add up.
         """
         self.check_input(images)
+        if self.tiler is not None:
+            self.check_tile_size(self.tiler)
+            images = self.tiler.tile(images)
         images = images.contiguous(memory_format=torch.channels_last)
         return [FeatureStandardization.moments(features) for features in self.feature_extractor(images).values()]
 
@@ -502,15 +514,35 @@ class HlgfaModel(nn.Module):
 
         Returns:
             In training mode, per-level predictions and targets for the loss. In eval mode an
-            ``InferenceBatch`` with ``pred_score`` ``(B,)`` and ``anomaly_map`` ``(B, 1, H, W)``.
+            ``InferenceBatch`` with ``pred_score`` ``(B,)`` and ``anomaly_map`` ``(B, 1, H, W)``. With a
+            ``tiler``, the images are split into tiles first: in training mode the levels hold one entry per
+            tile; in eval mode the tiles' maps are put back together and the image scored from the whole.
 
         Raises:
-            ValueError: If ``images`` is not ``(B, 3, H, W)`` or smaller than ``minimum_input_size``.
+            ValueError: If ``images`` is not ``(B, 3, H, W)``, or they or the tiles are smaller than
+                ``minimum_input_size``.
         """
         self.check_input(images)
         self.warn_if_unfitted()
+        if self.tiler is not None:
+            self.check_tile_size(self.tiler)
+            images = self.tiler.tile(images)
         predictions, targets = self.align(images)
         if self.training:
             return predictions, targets
-        anomaly_map, pred_score = self.anomaly_map_generator(predictions, targets, images.shape[-2:])
-        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+        anomaly_map, score_map = self.anomaly_map_generator.maps(predictions, targets, images.shape[-2:])
+        if self.tiler is not None:
+            # Each tile's maps (smoothed within the tile) go back in place, overlaps averaged; then one score.
+            anomaly_map, score_map = self.tiler.untile(anomaly_map), self.tiler.untile(score_map)
+        return InferenceBatch(pred_score=self.anomaly_map_generator.image_score(score_map), anomaly_map=anomaly_map)
+
+    def check_tile_size(self, tiler: Tiler) -> None:
+        """Raise a clear error if the tiles are too small for the layers and ``downsample_factor``."""
+        height, width = int(tiler.tile_size_h), int(tiler.tile_size_w)
+        if min(height, width) < self.minimum_input_size:
+            msg = (
+                f"Tiles of {height} x {width} pixels are too small: with layers {self.layers} and downsample_factor "
+                f"{self.downsample_factor}, each side must be at least {self.minimum_input_size} pixels. Set the "
+                f"tiler's tile_size (TilerConfigurationCallback) to at least {self.minimum_input_size}."
+            )
+            raise ValueError(msg)
