@@ -25,6 +25,7 @@ import timm
 import torch
 from anomalib import LearningType
 from anomalib.data import AnomalibDataModule, Batch
+from anomalib.data.utils.tiler import ImageUpscaleMode, Tiler
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
@@ -78,6 +79,20 @@ ARCHITECTURE_KEY = "hlgfa_architecture"
 VALUES_BEFORE_THE_ARGUMENT = {"detail_prior": DetailPrior.RESIDUE.value}
 OBSOLETE_BLUR_KERNEL = "anomaly_map_generator.blur.kernel"  # saved by versions before the separable blur
 BACKBONE_STATE_PREFIX = "model.feature_extractor.feature_extractor."
+# The tiling a model was trained and validated with (set by anomalib's TilerConfigurationCallback).
+TILER_KEY = "hlgfa_tiler"
+
+
+def tiler_settings(tiler: Tiler | None) -> dict[str, Any] | None:
+    """A tiler's settings as plain values for a checkpoint, or ``None`` without tiling."""
+    if tiler is None:
+        return None
+    return {
+        "tile_size": [int(tiler.tile_size_h), int(tiler.tile_size_w)],
+        "stride": [int(tiler.stride_h), int(tiler.stride_w)],
+        "remove_border_count": int(tiler.remove_border_count),
+        "mode": ImageUpscaleMode(tiler.mode).value,
+    }
 
 
 def _plain(value: Any) -> Any:  # noqa: ANN401
@@ -356,12 +371,17 @@ class Hlgfa(AnomalibModule):
         return batch.update(**predictions._asdict())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Also save the architecture arguments where loading cannot overwrite them (see ``on_load_checkpoint``)."""
+        """Also save the architecture arguments where loading cannot overwrite them (see ``on_load_checkpoint``).
+
+        And the tiling, if any: it is not an argument but set by anomalib's ``TilerConfigurationCallback``.
+        """
         super().on_save_checkpoint(checkpoint)
         checkpoint[ARCHITECTURE_KEY] = {name: _plain(self.hparams[name]) for name in ARCHITECTURE_ARGUMENTS}
+        # The thresholds were fitted on tiled maps: a reload (test, predict, export) must tile the same way.
+        checkpoint[TILER_KEY] = tiler_settings(self.model.tiler)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint made with another architecture, naming what differs, before loading it.
+        """Restore the tiling the checkpoint was made with; refuse another architecture, naming what differs.
 
         Lightning loads state dicts strictly, but its error lists tensor names and shapes, and the
         arguments that change the computation without changing a tensor shape (``downsample_factor``,
@@ -375,6 +395,9 @@ class Hlgfa(AnomalibModule):
             ValueError: If an architecture argument or the state dict's keys or shapes differ.
         """
         super().on_load_checkpoint(checkpoint)
+        settings = checkpoint.get(TILER_KEY)
+        if settings is not None and self.model.tiler is None:  # a TilerConfigurationCallback's tiler wins
+            self.model.tiler = Tiler(**{**settings, "mode": ImageUpscaleMode(settings["mode"])})
         # Not the "hyper_parameters": load_from_checkpoint has already merged its keyword arguments into them.
         saved = {**VALUES_BEFORE_THE_ARGUMENT, **checkpoint.get(ARCHITECTURE_KEY, {})}
         differing = [

@@ -13,6 +13,7 @@ from anomalib.data.utils.tiler import Tiler
 from anomalib.engine import Engine
 
 from anomalib_hlgfa import Hlgfa, HlgfaModel
+from anomalib_hlgfa.lightning_model import tiler_settings
 
 from .conftest import TINY
 
@@ -88,6 +89,14 @@ def test_engine_fits_and_tests_with_anomalibs_tiler_callback(tiny_dataset: Path,
     assert (model.model.tiler.tile_size_h, model.model.tiler.stride_h) == (64, 64)
     for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
         assert 0.0 <= metrics[metric] <= 1.0, metrics
+
+    # The thresholds were fitted on tiled maps: a reloaded model (test, predict, export) tiles the same way.
+    engine.trainer.save_checkpoint(tmp_path / "tiled.ckpt")
+    restored = Hlgfa.load_from_checkpoint(tmp_path / "tiled.ckpt").eval()
+    assert tiler_settings(restored.model.tiler) == tiler_settings(model.model.tiler)
+    images = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(images).anomaly_map, model.eval()(images).anomaly_map)
 
 
 def test_openvino_export_of_a_tiled_model_matches_torch_at_any_input_size(tmp_path: Path) -> None:
