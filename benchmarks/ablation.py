@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from anomalib.data import MVTecAD
 from anomalib.metrics.aupro import _AUPRO
+from raw_auroc import raw_score_auroc
 from torch.nn import functional as F  # noqa: N812
-from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_hlgfa import Hlgfa
 from anomalib_hlgfa.anomaly_map import (
@@ -301,13 +301,13 @@ def evaluate(
     aupro = _AUPRO()
     aupro.update(anomaly_maps[:, 0], masks.int())
     result = {
-        "pixel_AUROC": float(binary_auroc(anomaly_maps.flatten(), masks.flatten().int())),
+        "pixel_AUROC": raw_score_auroc(anomaly_maps, masks),
         "pixel_AUPRO": float(aupro.compute()),
     }
     scored = torch.cat(score_maps) if score_maps else anomaly_maps
     for reduction in variant.score_reductions:
         scores = AnomalyMapGenerator(sigma=4.0, score_reduction=reduction).image_score(scored)
-        result[f"image_AUROC/{reduction}"] = float(binary_auroc(scores, labels))
+        result[f"image_AUROC/{reduction}"] = raw_score_auroc(scores, labels)
     return result
 
 

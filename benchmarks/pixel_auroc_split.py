@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 from anomalib.data import MVTecAD
+from raw_auroc import raw_score_auroc
 from torch.nn import functional as F  # noqa: N812
-from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_hlgfa import Hlgfa
 from anomalib_hlgfa.anomaly_map import Misalignment, misalignment_map
@@ -42,7 +42,7 @@ def auroc(positives: torch.Tensor, negatives: torch.Tensor) -> float:
     """AUROC of ``positives`` scored above ``negatives`` (1-D tensors)."""
     scores = torch.cat([positives, negatives])
     labels = torch.cat([torch.ones_like(positives), torch.zeros_like(negatives)]).long()
-    return float(binary_auroc(scores, labels))
+    return raw_score_auroc(scores, labels)
 
 
 @torch.inference_mode()
