@@ -23,6 +23,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 sys.path.insert(0, str(Path(__file__).parent))
 import robustness
+from named_paths import named_paths
 
 from anomalib_hlgfa import Hlgfa
 from anomalib_hlgfa.augmentation import FAMILIES, NuisanceAugmentation, NuisanceConfig
@@ -72,9 +73,7 @@ def main() -> None:
     parser.add_argument("--category", required=True)
     parser.add_argument("--checkpoints", nargs="+", required=True, help="NAME=PATH of trained Hlgfa checkpoints.")
     args = parser.parse_args()
-    named = [item.split("=", 1) for item in args.checkpoints]
-    if any(len(pair) != 2 for pair in named):
-        parser.error("--checkpoints takes NAME=PATH pairs, for example default=results/model.ckpt")
+    named = named_paths(parser, args.checkpoints, "--checkpoints", "default=results/model.ckpt")
 
     test = args.root / args.category / "test"
     normals = [load(path) for path in sorted((test / "good").iterdir())]
@@ -83,7 +82,7 @@ def main() -> None:
     ]
     sets = variants(normals)
     print("| model | nuisance | image AUROC | FPR @5% |\n|---|---|---|---|")
-    for name, path in named:
+    for name, path in named.items():
         model = Hlgfa.load_from_checkpoint(path, map_location="cpu").eval()
         defect_scores = scores(model, defects)
         clean = scores(model, normals)

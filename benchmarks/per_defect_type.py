@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from anomalib.data import MVTecAD
 from anomalib.models import AnomalibModule
+from named_paths import named_paths
 from raw_auroc import raw_score_auroc
 from torchvision.transforms.v2 import Resize
 
@@ -63,16 +64,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    named = [item.split("=", 1) for item in args.models]
-    if any(len(pair) != 2 for pair in named):
-        parser.error("--models takes NAME=PATH pairs, for example hlgfa=results/benchmark/jobs/CAT__hlgfa/model.pt")
-    missing = [path for _, path in named if not Path(path).is_file()]
-    if missing:
-        parser.error(f"model file not found: {', '.join(missing)}")
+    models = named_paths(parser, args.models, "--models", "hlgfa=results/benchmark/jobs/CAT__hlgfa/model.pt")
 
     datamodule = MVTecAD(root=args.root, category=args.category, num_workers=0, augmentations=Resize((256, 256)))
     datamodule.setup()
-    rows = {name: per_type_auroc(*raw_scores(load_model(Path(path)), datamodule)) for name, path in named}
+    rows = {name: per_type_auroc(*raw_scores(load_model(path), datamodule)) for name, path in models.items()}
     columns = list(next(iter(rows.values())))
     print(f"\n{args.category}, image AUROC per defect type (each against the {NORMAL} test images)\n")
     print("| model | " + " | ".join(columns) + " |")

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 from anomalib.data import MVTecAD
+from named_paths import named_paths
 from raw_auroc import raw_score_auroc
 from torch.nn import functional as F  # noqa: N812
 
@@ -131,13 +132,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    named = [item.split("=", 1) for item in args.checkpoints]
-    if any(len(pair) != 2 for pair in named):
-        parser.error("--checkpoints takes NAME=PATH pairs, for example default=results/model.ckpt")
-    missing = [path for _, path in named if not Path(path).is_file()]
-    if missing:
-        parser.error(f"checkpoint not found: {', '.join(missing)}")
-    checkpoints = dict(named)
+    checkpoints = named_paths(parser, args.checkpoints, "--checkpoints", "default=results/model.ckpt")
 
     datamodule = MVTecAD(root=args.root, category=args.category, train_batch_size=32, eval_batch_size=32, num_workers=0)
     datamodule.setup()
