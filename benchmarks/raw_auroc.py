@@ -19,8 +19,15 @@ def raw_score_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
     Returns:
         float: The AUROC; ``0.5`` if every score is equal.
+
+    Raises:
+        ValueError: If a score is NaN or infinite (it has no rank; the rescaling would hide it).
     """
     scores = scores.flatten().double()  # double: rescaling must not merge nearby float32 scores
+    if not torch.isfinite(scores).all():
+        count = int((~torch.isfinite(scores)).sum())
+        msg = f"{count} of {scores.numel()} scores are NaN or infinite: they have no rank; check the model's output."
+        raise ValueError(msg)
     spread = scores.max() - scores.min()
     unit = (scores - scores.min()) / spread if spread > 0 else torch.full_like(scores, 0.5)
     return float(binary_auroc(unit, labels.flatten().long()))

@@ -34,6 +34,11 @@ def test_constant_scores_give_chance(raw_auroc) -> None:
     assert raw_auroc.raw_score_auroc(torch.full((4,), 7.0), torch.tensor([0, 1, 0, 1])) == 0.5
 
 
+def test_non_finite_scores_are_refused(raw_auroc) -> None:
+    with pytest.raises(ValueError, match="1 of 3 scores are NaN or infinite"):
+        raw_auroc.raw_score_auroc(torch.tensor([0.1, float("nan"), 0.3]), torch.tensor([0, 1, 1]))
+
+
 def test_per_defect_type_scores_each_type_against_the_normals() -> None:
     per_defect_type = load_script("benchmarks/per_defect_type.py")
     types = ["good", "good", "good", "crack", "crack", "uneven", "uneven"]
