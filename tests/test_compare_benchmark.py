@@ -59,3 +59,15 @@ def test_retime_leaves_a_failed_job_as_it_was(fake_stages, tmp_path: Path) -> No
 
 def _argv(tmp_path: Path) -> list[str]:
     return ["--root", str(tmp_path), "--output", str(tmp_path / "out")]
+
+
+def test_peak_rss_restarts_after_a_reset() -> None:
+    """The test's peak is counted apart from the fit's: after the reset, a freed allocation no longer counts."""
+    compare = load_script("benchmarks/compare.py")
+    allocation = bytearray(400 * 2**20)
+    allocation[::4096] = b"x" * len(allocation[::4096])  # touch every page so that it is resident
+    del allocation
+    peak_with_allocation = compare.peak_rss_gb()
+    if not compare.reset_peak_rss():
+        pytest.skip("this system cannot reset the peak RSS (Linux /proc/self/clear_refs)")
+    assert compare.peak_rss_gb() < peak_with_allocation - 0.3
