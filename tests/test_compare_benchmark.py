@@ -71,3 +71,18 @@ def test_peak_rss_restarts_after_a_reset() -> None:
     if not compare.reset_peak_rss():
         pytest.skip("this system cannot reset the peak RSS (Linux /proc/self/clear_refs)")
     assert compare.peak_rss_gb() < peak_with_allocation - 0.3
+
+
+def test_evaluator_memory_computes_hlgfa_test_metrics(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """benchmarks/evaluator_memory.py computes every test metric on its synthetic maps and reports the peak."""
+    script = load_script("benchmarks/evaluator_memory.py")
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("Linux only: the script restarts the peak count through /proc/self/clear_refs")
+    monkeypatch.setattr("sys.argv", ["evaluator_memory.py", "--images", "6", "--side", "32", "--batch-size", "4"])
+    script.main()
+    output = capsys.readouterr().out
+    # Every mask marks its top-left square and the maps are higher there: pixel metrics are perfect.
+    assert "'pixel_AUROC': 1.0" in output
+    assert "'pixel_AUPRO': 1.0" in output
+    assert "6 images of 32 x 32 = 0.0 M test pixels" in output
+    assert "bytes per pixel" in output
