@@ -1,4 +1,7 @@
-"""benchmarks/compare.py's job bookkeeping: kept jobs are reused, and --retime times them again without refitting."""
+"""benchmarks/compare.py's bookkeeping and memory columns, and benchmarks/evaluator_memory.py.
+
+Kept jobs are reused, --retime times them again without refitting, and the test's peak memory is counted apart.
+"""
 
 import json
 from pathlib import Path
