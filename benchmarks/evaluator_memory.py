@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from anomalib.data import ImageBatch
+from compare import peak_rss_gb, reset_peak_rss
 
 from anomalib_hlgfa import Hlgfa
 
@@ -28,17 +29,12 @@ def resident_gb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**30
 
 
-def peak_resident_gb() -> float:
-    """This process's peak resident memory since the last reset, in GiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def synthetic_batch(size: int, side: int, first: bool) -> ImageBatch:
-    """Random maps with a defect square in the top-left corner of every mask; labels of both classes."""
+def synthetic_batch(size: int, side: int) -> ImageBatch:
+    """Random maps; every other image defective, with a square in its top-left corner where its map is higher."""
+    labels = torch.arange(size) % 2 == 0
     mask = torch.zeros(size, side, side, dtype=torch.bool)
-    mask[:, : side // 8, : side // 8] = True
+    mask[labels, : side // 8, : side // 8] = True
     anomaly_map = torch.rand(size, side, side) + mask.float()
-    labels = torch.arange(size) % 2 == 0 if first else torch.ones(size, dtype=torch.bool)
     return ImageBatch(
         image=torch.zeros(size, 3, 8, 8),
         gt_label=labels,
@@ -57,21 +53,25 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=256, help="Anomaly map side in pixels (the image size).")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
-    if args.images < 2 or args.side < 8:
-        parser.error(f"need at least 2 images of at least 8 px, got --images {args.images} --side {args.side}")
+    if args.images < 2 or args.side < 8 or args.batch_size < 2:
+        parser.error(
+            "need at least 2 images of at least 8 px in batches of at least 2 (so that both labels occur), got "
+            f"--images {args.images} --side {args.side} --batch-size {args.batch_size}"
+        )
 
     torch.manual_seed(0)
     metrics = Hlgfa.configure_evaluator().test_metrics
     start_gb = resident_gb()
-    Path("/proc/self/clear_refs").write_text("5")  # the peak counts from here
+    if not reset_peak_rss():  # the peak counts from here
+        parser.error("cannot restart the peak-RSS count: this script needs Linux's writable /proc/self/clear_refs")
     for start in range(0, args.images, args.batch_size):
-        batch = synthetic_batch(min(args.batch_size, args.images - start), args.side, first=start == 0)
+        batch = synthetic_batch(min(args.batch_size, args.images - start), args.side)
         for metric in metrics:
             metric.update(batch)
     stored_gb = resident_gb() - start_gb
     values = {metric.name: round(float(metric.compute()), 3) for metric in metrics}
     pixels = args.images * args.side**2
-    extra_gb = peak_resident_gb() - start_gb
+    extra_gb = peak_rss_gb() - start_gb
     print(f"metrics (synthetic data): {values}")
     print(
         f"{args.images} images of {args.side} x {args.side} = {pixels / 1e6:.1f} M test pixels: states kept "

@@ -84,7 +84,8 @@ def test_evaluator_memory_computes_hlgfa_test_metrics(monkeypatch: pytest.Monkey
     monkeypatch.setattr("sys.argv", ["evaluator_memory.py", "--images", "6", "--side", "32", "--batch-size", "4"])
     script.main()
     output = capsys.readouterr().out
-    # Every mask marks its top-left square and the maps are higher there: pixel metrics are perfect.
+    # Every other image is defective, with a square where its map is higher: every metric is perfect.
+    assert "'image_AUROC': 1.0" in output
     assert "'pixel_AUROC': 1.0" in output
     assert "'pixel_AUPRO': 1.0" in output
     assert "6 images of 32 x 32 = 0.0 M test pixels" in output
