@@ -95,3 +95,76 @@ benchmark:
         for metric in ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO"):
             assert 0.0 <= float(row[metric]) <= 1.0, row
         assert math.isfinite(float(row["fit_duration"])), row
+
+
+@pytest.fixture(scope="module")
+def cli_checkpoint(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained by ``anomalib train``: the checkpoint a user hands to ``anomalib export``."""
+    root = tmp_path_factory.mktemp("cli_train")
+    result = _run(
+        [
+            str(ANOMALIB), "train",
+            "--model", "Hlgfa",
+            "--model.pre_trained", "false",
+            "--model.layers", "[blocks.1, blocks.2]",
+            "--model.hidden_channels", "8",
+            "--model.image_size", "[64, 64]",
+            "--model.max_epochs", "1",
+            "--data", "anomalib.data.MVTecAD",
+            "--data.root", str(tiny_dataset),
+            "--data.category", "gravel",
+            "--data.train_batch_size", "4",
+            "--data.eval_batch_size", "4",
+            "--data.num_workers", "0",
+            "--default_root_dir", str(root / "results"),
+            "--trainer.enable_progress_bar", "false",
+        ],
+        cwd=root,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (checkpoint,) = (root / "results").rglob("model.ckpt")
+    return checkpoint
+
+
+@pytest.mark.parametrize("export_type", ["openvino", "torch"])
+def test_cli_export_from_a_checkpoint_loads_in_anomalibs_inferencer(
+    export_type: str, cli_checkpoint: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``anomalib export --model Hlgfa --ckpt_path CKPT`` (issue 5's command): the inferencer scores as torch does."""
+    import numpy as np
+    import torch
+    from anomalib.data.utils import read_image
+    from anomalib.deploy import OpenVINOInferencer, TorchInferencer
+
+    from anomalib_hlgfa import Hlgfa
+
+    # The model's arguments come from the checkpoint; --model.pre_trained false only spares loading the
+    # offline weights into the model that the checkpoint then replaces.
+    command = [str(ANOMALIB), "export", "--model", "Hlgfa", "--model.pre_trained", "false"]
+    command += ["--ckpt_path", str(cli_checkpoint), "--export_type", export_type, "--export_root", str(tmp_path)]
+    result = _run(command, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    image_path = sorted((tiny_dataset / "gravel" / "test").glob("*/*.png"))[0]
+    monkeypatch.chdir(tmp_path)  # OpenVINOInferencer writes its compiled-model cache to ./openvino_cache
+    if export_type == "openvino":
+        precision = {"INFERENCE_PRECISION_HINT": "f32"}  # not BF16 on CPUs that have it: parity is about the graph
+        inferencer = OpenVINOInferencer(tmp_path / "weights/openvino/model.xml", device="CPU", config=precision)
+    else:
+        monkeypatch.setenv("TRUST_REMOTE_CODE", "1")  # anomalib's opt-in for loading a pickled model we made
+        inferencer = TorchInferencer(tmp_path / "weights/torch/model.pt", device="cpu")
+    exported = inferencer.predict(image_path)
+
+    def as_numpy(value: object) -> np.ndarray:
+        return value.detach().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+    model = Hlgfa.load_from_checkpoint(cli_checkpoint).eval()
+    with torch.no_grad():  # the image read as the inferencers read it, through the checkpoint in torch
+        reference = model(read_image(image_path, as_tensor=True)[None])
+    # One 64 x 64 map (ImageBatch drops the channel axis that OpenVINO's output keeps).
+    anomaly_map = as_numpy(exported.anomaly_map).reshape(-1, 64, 64)
+    assert anomaly_map.shape == (1, 64, 64)
+    assert reference.anomaly_map.shape == (1, 1, 64, 64)
+    np.testing.assert_allclose(anomaly_map, reference.anomaly_map.numpy()[:, 0], atol=1e-4)
+    np.testing.assert_allclose(as_numpy(exported.pred_score).ravel(), reference.pred_score.numpy().ravel(), atol=1e-5)
+    assert as_numpy(exported.pred_label).ravel().tolist() == reference.pred_label.numpy().ravel().tolist()
