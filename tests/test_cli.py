@@ -15,6 +15,27 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
 
 
+def _tiny_train_command(model_name: str, dataset: Path, results: Path) -> list[str]:
+    """``anomalib train`` of a tiny model for one epoch on the generated dataset, results under ``results``."""
+    return [
+        str(ANOMALIB), "train",
+        "--model", model_name,
+        "--model.pre_trained", "false",
+        "--model.layers", "[blocks.1, blocks.2]",
+        "--model.hidden_channels", "8",
+        "--model.image_size", "[64, 64]",
+        "--model.max_epochs", "1",
+        "--data", "anomalib.data.MVTecAD",
+        "--data.root", str(dataset),
+        "--data.category", "gravel",
+        "--data.train_batch_size", "4",
+        "--data.eval_batch_size", "4",
+        "--data.num_workers", "0",
+        "--default_root_dir", str(results),
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+
+
 def test_interpreter_start_up_does_not_import_torch(tmp_path: Path) -> None:
     probe = "import sys; print('torch' in sys.modules, 'anomalib_hlgfa_autoload' in sys.modules)"
     result = _run([sys.executable, "-c", probe], cwd=tmp_path)
@@ -29,26 +50,7 @@ def test_importing_anomalib_models_registers_hlgfa(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("model_name", ["Hlgfa", "anomalib_hlgfa.Hlgfa"])
 def test_cli_train_fits_and_tests(model_name: str, tiny_dataset: Path, tmp_path: Path) -> None:
-    result = _run(
-        [
-            str(ANOMALIB), "train",
-            "--model", model_name,
-            "--model.pre_trained", "false",
-            "--model.layers", "[blocks.1, blocks.2]",
-            "--model.hidden_channels", "8",
-            "--model.image_size", "[64, 64]",
-            "--model.max_epochs", "1",
-            "--data", "anomalib.data.MVTecAD",
-            "--data.root", str(tiny_dataset),
-            "--data.category", "gravel",
-            "--data.train_batch_size", "4",
-            "--data.eval_batch_size", "4",
-            "--data.num_workers", "0",
-            "--default_root_dir", str(tmp_path / "results"),
-            "--trainer.enable_progress_bar", "false",
-        ],
-        cwd=tmp_path,
-    )  # fmt: skip
+    result = _run(_tiny_train_command(model_name, tiny_dataset, tmp_path / "results"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
         assert metric in result.stdout, result.stdout[-3000:]
@@ -101,26 +103,7 @@ benchmark:
 def cli_checkpoint(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model trained by ``anomalib train``: the checkpoint a user hands to ``anomalib export``."""
     root = tmp_path_factory.mktemp("cli_train")
-    result = _run(
-        [
-            str(ANOMALIB), "train",
-            "--model", "Hlgfa",
-            "--model.pre_trained", "false",
-            "--model.layers", "[blocks.1, blocks.2]",
-            "--model.hidden_channels", "8",
-            "--model.image_size", "[64, 64]",
-            "--model.max_epochs", "1",
-            "--data", "anomalib.data.MVTecAD",
-            "--data.root", str(tiny_dataset),
-            "--data.category", "gravel",
-            "--data.train_batch_size", "4",
-            "--data.eval_batch_size", "4",
-            "--data.num_workers", "0",
-            "--default_root_dir", str(root / "results"),
-            "--trainer.enable_progress_bar", "false",
-        ],
-        cwd=root,
-    )  # fmt: skip
+    result = _run(_tiny_train_command("Hlgfa", tiny_dataset, root / "results"), cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     (checkpoint,) = (root / "results").rglob("model.ckpt")
     return checkpoint
