@@ -1,4 +1,4 @@
-"""The installed package: anomalib's CLI finds Hlgfa with no flag, and start-up stays light."""
+"""The installed package: anomalib's CLI finds Hlgfa with no flag, start-up stays light, and its exports load."""
 
 import csv
 import math
@@ -6,7 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from anomalib.data.utils import read_image
+from anomalib.deploy import OpenVINOInferencer, TorchInferencer
+
+from anomalib_hlgfa import Hlgfa
 
 ANOMALIB = Path(sys.executable).with_name("anomalib")
 
@@ -114,13 +120,6 @@ def test_cli_export_from_a_checkpoint_loads_in_anomalibs_inferencer(
     export_type: str, cli_checkpoint: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``anomalib export --model Hlgfa --ckpt_path CKPT`` (issue 5's command): the inferencer scores as torch does."""
-    import numpy as np
-    import torch
-    from anomalib.data.utils import read_image
-    from anomalib.deploy import OpenVINOInferencer, TorchInferencer
-
-    from anomalib_hlgfa import Hlgfa
-
     # The model's arguments come from the checkpoint; --model.pre_trained false only spares loading the
     # offline weights into the model that the checkpoint then replaces.
     command = [str(ANOMALIB), "export", "--model", "Hlgfa", "--model.pre_trained", "false"]
