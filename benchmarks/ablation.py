@@ -3,14 +3,15 @@
 The backbone is frozen and training has no augmentation, so each image's backbone features (both
 views) are the same in every epoch: this script extracts them once per category and trains only the
 refinement heads on them, as ``Hlgfa`` trains (AdamW over the heads, batch 32), then tests with
-HLGFA's anomaly-map smoothing and anomalib's metrics (image AUROC, pixel AUROC and AUPRO at 256x256,
-as ``Engine.test`` computes them). That makes one variant a few minutes on a 2-core CPU instead of a
-full training.
+HLGFA's anomaly-map smoothing and anomalib's metrics (image AUROC, pixel AUROC and AUPRO at the
+model's input size, 256x256 unless ``--image-size`` says otherwise, as ``Engine.test`` computes them).
+That makes one variant a few minutes on a 2-core CPU instead of a full training.
 
 Variants: the full model; each part of the method removed (see ``anomalib_hlgfa.torch_model.ABLATIONS``);
 and the choices left open by the paper: feature levels, downsampling factor, prior channels, head width,
 structure window, fusion of the levels, score reduction, epochs (tested after 5, 10 and 20 epochs of
-one training), and the misalignment (Hlgfa's ``misalignment`` argument: ``"cosine"``, the default and
+one training), the image size (``--image-size``, one size per run; rows of other sizes than 256 are
+labelled with it), and the misalignment (Hlgfa's ``misalignment`` argument: ``"cosine"``, the default and
 every variant's unless named, ``"standardised_rms"`` or ``"standardised_rms_cosine"``; and three other
 comparisons).
 
@@ -174,7 +175,7 @@ def extract(images: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def cached_category(root: str, category: str, cache_dir: Path, size: tuple[int, int]) -> dict:
     """Features, masks and labels of a category's train and test splits, cached on disk."""
-    path = cache_dir / f"{category}.pt"
+    path = cache_dir / f"{category}.pt" if size == (256, 256) else cache_dir / f"{category}_{size[0]}px.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
     datamodule = MVTecAD(root=root, category=category, num_workers=0)
@@ -357,8 +358,16 @@ def main() -> None:
     parser.add_argument("--output", default="results/ablation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", nargs="*", help="Names of variants to run (default: all).")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=256,
+        help="Side of the square model input (Hlgfa's image_size); a multiple of 64 for the default levels.",
+    )
     args = parser.parse_args()
-    size = (256, 256)
+    if args.image_size < 64 or args.image_size % 64:
+        parser.error(f"--image-size {args.image_size}: use a multiple of 64 (stride 32 x downsample factor 2)")
+    size = (args.image_size, args.image_size)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
@@ -367,7 +376,7 @@ def main() -> None:
     for category in args.categories:
         data = cached_category(args.root, category, out / "cache", size)
         for variant in variants:
-            key = f"{category} | {variant.name}"
+            key = f"{category} | {variant.name}" + (f", image size {args.image_size}" if args.image_size != 256 else "")
             start = time.perf_counter()
             results[key] = {"variant": asdict(variant), **run_variant(data, variant, args.seed, size)}
             print(f"{key}: {results[key]} ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -378,7 +387,7 @@ def main() -> None:
 def write_table(results: dict, out: Path, args: argparse.Namespace) -> None:
     """Markdown table: one row per variant and category, tested after 10 epochs unless stated."""
     lines = [
-        f"Cached-feature ablation, seed {args.seed}, 256x256, {platform.machine()} CPU, "
+        f"Cached-feature ablation, seed {args.seed}, 256x256 unless stated, {platform.machine()} CPU, "
         f"{datetime.now(UTC):%Y-%m-%d}; image AUROC with max reduction unless stated.",
         "",
         "| category | variant | image AUROC | pixel AUROC | AUPRO |",
