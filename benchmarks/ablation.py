@@ -19,6 +19,9 @@ Usage::
 
     python benchmarks/ablation.py --root ../shared/data --categories solar_cell magnetic_tile \
         --output results/ablation
+    # one variant at another input size (its features cached apart, its rows labelled with the size)
+    python benchmarks/ablation.py --root ../shared/data --categories solar_cell --image-size 320 \
+        --variants "levels blocks.2+4+6, misalignment standardised_rms_cosine" --output results/ablation
 
 It prints a markdown table and writes ``results.json`` and ``results.md`` under ``--output``.
 """
