@@ -127,7 +127,7 @@ def test_cli_export_from_a_checkpoint_loads_in_anomalibs_inferencer(
     result = _run(command, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    image_path = sorted((tiny_dataset / "gravel" / "test").glob("*/*.png"))[0]
+    image_paths = sorted((tiny_dataset / "gravel" / "test").glob("*/*.png"))
     monkeypatch.chdir(tmp_path)  # OpenVINOInferencer writes its compiled-model cache to ./openvino_cache
     if export_type == "openvino":
         precision = {"INFERENCE_PRECISION_HINT": "f32"}  # not BF16 on CPUs that have it: parity is about the graph
@@ -135,18 +135,26 @@ def test_cli_export_from_a_checkpoint_loads_in_anomalibs_inferencer(
     else:
         monkeypatch.setenv("TRUST_REMOTE_CODE", "1")  # anomalib's opt-in for loading a pickled model we made
         inferencer = TorchInferencer(tmp_path / "weights/torch/model.pt", device="cpu")
-    exported = inferencer.predict(image_path)
 
     def as_numpy(value: object) -> np.ndarray:
         return value.detach().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
     model = Hlgfa.load_from_checkpoint(cli_checkpoint).eval()
-    with torch.no_grad():  # the image read as the inferencers read it, through the checkpoint in torch
-        reference = model(read_image(image_path, as_tensor=True)[None])
-    # One 64 x 64 map (ImageBatch drops the channel axis that OpenVINO's output keeps).
-    anomaly_map = as_numpy(exported.anomaly_map).reshape(-1, 64, 64)
-    assert anomaly_map.shape == (1, 64, 64)
-    assert reference.anomaly_map.shape == (1, 1, 64, 64)
-    np.testing.assert_allclose(anomaly_map, reference.anomaly_map.numpy()[:, 0], atol=1e-4)
-    np.testing.assert_allclose(as_numpy(exported.pred_score).ravel(), reference.pred_score.numpy().ravel(), atol=1e-5)
-    assert as_numpy(exported.pred_label).ravel().tolist() == reference.pred_label.numpy().ravel().tolist()
+    labels_compared = 0
+    for image_path in image_paths:
+        exported = inferencer.predict(image_path)
+        with torch.no_grad():  # the image read as the inferencers read it, through the checkpoint in torch
+            reference = model(read_image(image_path, as_tensor=True)[None])
+        # One 64 x 64 map (ImageBatch drops the channel axis that OpenVINO's output keeps).
+        anomaly_map = as_numpy(exported.anomaly_map).reshape(-1, 64, 64)
+        assert anomaly_map.shape == (1, 64, 64)
+        assert reference.anomaly_map.shape == (1, 1, 64, 64)
+        np.testing.assert_allclose(anomaly_map, reference.anomaly_map.numpy()[:, 0], atol=1e-4)
+        score = as_numpy(exported.pred_score).ravel()
+        np.testing.assert_allclose(score, reference.pred_score.numpy().ravel(), atol=1e-5)
+        # The adaptive threshold is one of the validation images' scores, and these images are among them:
+        # an image scored at the threshold itself (0.5 once normalised) gets its label from float rounding.
+        if abs(float(reference.pred_score) - 0.5) > 1e-5:
+            assert as_numpy(exported.pred_label).ravel().tolist() == reference.pred_label.numpy().ravel().tolist()
+            labels_compared += 1
+    assert labels_compared >= len(image_paths) - 1
