@@ -370,6 +370,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.image_size < 64 or args.image_size % 64:
         parser.error(f"--image-size {args.image_size}: use a multiple of 64 (stride 32 x downsample factor 2)")
+    unknown = sorted(set(args.variants or ()) - {v.name for v in VARIANTS})
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; the variants are {[v.name for v in VARIANTS]}")
     size = (args.image_size, args.image_size)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
