@@ -132,6 +132,17 @@ VARIANTS = [
         Variant(f"levels blocks.2+4+6, misalignment {m}", layers=LEVELS, misalignment=m, score_reductions=SCORES)
         for m in MISALIGNMENTS
     ),
+    # Hlgfa()'s defaults with a coarser structure prior (16 cells: the whole blocks.6 grid at 256 px).
+    *(
+        Variant(
+            f"Hlgfa defaults, structure window {window}",
+            layers=LEVELS,
+            misalignment="standardised_rms_cosine",
+            structure_window=window,
+            score_reductions=SCORES,
+        )
+        for window in (2, 8, 16)
+    ),
     *(
         replace(ENERGY_BASE, name=f"energy detail prior, {name}", **changes)
         for name, changes in (
