@@ -37,6 +37,10 @@ DEVIATIONS = {
     "hlgfa": "defaults",
     "patchcore": "backbone lite0 (anomalib default wide_resnet50_2); coreset 1% (default 10%)",
     "patchcore_subset": "as patchcore, trained on a seeded random subset of the training images",
+    "patchcore_full_bank": (
+        "as patchcore_subset, with the coreset ratio raised so that the memory bank has the size 1% of all "
+        "training images' patches would give: the full PatchCore's inference cost"
+    ),
     "padim": "backbone lite0 (default resnet18); n_features 100",
     "efficient_ad": (
         "teacher distilled locally from lite0 on scikit-image's bundled natural images, penalty set from "
@@ -117,8 +121,8 @@ def build_model(
     """Build one benchmark model by name, on the offline backbone.
 
     Args:
-        name (str): One of ``hlgfa``, ``patchcore``, ``patchcore_subset``, ``padim``, ``efficient_ad``,
-            ``reverse_distillation``.
+        name (str): One of ``hlgfa``, ``patchcore``, ``patchcore_subset``, ``patchcore_full_bank``, ``padim``,
+            ``efficient_ad``, ``reverse_distillation``.
         image_size (tuple[int, int]): Height and width every model sees.
         efficient_ad_penalty_dir (str | None): ImageFolder of penalty images for EfficientAD.
         efficient_ad_teacher_channels (int): Output channels of EfficientAD's (distilled) teacher.
@@ -133,7 +137,7 @@ def build_model(
     evaluator = Hlgfa.configure_evaluator()
     if name == "hlgfa":
         return Hlgfa(image_size=image_size)
-    if name in {"patchcore", "patchcore_subset"}:
+    if name in {"patchcore", "patchcore_subset", "patchcore_full_bank"}:
         model = Patchcore(
             backbone=OFFLINE_BACKBONE,
             layers=LAYERS,

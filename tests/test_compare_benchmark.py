@@ -90,3 +90,36 @@ def test_evaluator_memory_computes_hlgfa_test_metrics(monkeypatch: pytest.Monkey
     assert "'pixel_AUPRO': 1.0" in output
     assert "6 images of 32 x 32 = 0.0 M test pixels" in output
     assert "bytes per pixel" in output
+
+
+@pytest.mark.parametrize("model", ["patchcore_subset", "patchcore_full_bank"])
+def test_patchcore_stand_ins_keep_the_memory_bank_their_names_promise(
+    model: str, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On 4 of 8 training images: a 1 % coreset of the subset, or a bank as large as 1 % of all 8 images' patches."""
+    import argparse
+
+    compare = load_script("benchmarks/compare.py")
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))  # as a job process runs it
+    args = argparse.Namespace(
+        model=model,
+        root=str(tiny_dataset),
+        category="gravel",
+        job_dir=str(tmp_path),
+        seed=0,
+        image_size=64,
+        batch_size=4,
+        threads=1,
+        patchcore_subset=4,
+        efficient_ad_assets=None,
+        efficient_ad_steps=1,
+        efficient_ad_teacher_channels=384,
+        rd_epochs=1,
+    )
+    result = compare.fit_job(args)
+
+    patches_per_image = (64 // 8) ** 2  # lite0 blocks.2, stride 8: PatchCore's patch grid
+    images_in_bank = 8 if model == "patchcore_full_bank" else 4
+    assert result["train_images"] == 4
+    assert result["memory_bank"] == int(images_in_bank * patches_per_image * compare.CORESET_RATIO + 1e-9)
+    assert 0.0 <= result["image_AUROC"] <= 1.0
