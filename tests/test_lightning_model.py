@@ -173,7 +173,7 @@ def test_fit_standardises_with_the_clean_training_images(tiny_dataset: Path, tmp
     assert torch.equal(restored.model.standardization[0].std, model.model.standardization[0].std)
 
 
-def test_cli_test_and_load_from_checkpoint_give_identical_scores(
+def test_cli_test_and_load_from_checkpoint_give_the_same_scores(
     trained: tuple[Hlgfa, Path, dict],
     tiny_dataset: Path,
     tmp_path: Path,
@@ -224,9 +224,12 @@ def test_cli_test_and_load_from_checkpoint_give_identical_scores(
     python_rows, cli_rows = torch.load(tmp_path / "python.pt"), torch.load(tmp_path / "cli.pt")
     assert len(python_rows) == 12
     assert python_rows.keys() == cli_rows.keys()
+    # Two processes may pick different CPU kernels for the same convolution: equal to float rounding, not bit
+    # for bit (one fresh-clone CI run differed in the last bits of one map). A wrong model, statistics or
+    # post-processor would differ by orders of magnitude more.
     for path, (score, anomaly_map) in python_rows.items():
-        assert torch.equal(score, cli_rows[path][0]), path
-        assert torch.equal(anomaly_map, cli_rows[path][1]), path
+        torch.testing.assert_close(score, cli_rows[path][0], rtol=1e-5, atol=1e-6, msg=path)
+        torch.testing.assert_close(anomaly_map, cli_rows[path][1], rtol=1e-5, atol=1e-6, msg=path)
     assert f"{python_metrics['pixel_AUPRO']:.4f}"[:5] in result.stdout  # the CLI's printed metrics agree
 
 
