@@ -132,7 +132,7 @@ VARIANTS = [
         Variant(f"levels blocks.2+4+6, misalignment {m}", layers=LEVELS, misalignment=m, score_reductions=SCORES)
         for m in MISALIGNMENTS
     ),
-    # Hlgfa()'s defaults with a coarser structure prior (16 cells: the whole blocks.6 grid at 256 px).
+    # Hlgfa()'s defaults (window 4) with a finer or coarser structure prior (16: the whole blocks.6 grid at 256 px).
     *(
         Variant(
             f"Hlgfa defaults, structure window {window}",

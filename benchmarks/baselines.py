@@ -27,6 +27,9 @@ from anomalib_hlgfa.backbone import OFFLINE_BACKBONE, create_feature_extractor
 LAYERS = ("blocks.2", "blocks.4")
 """Stride-8 and stride-16 lite0 features: HLGFA's default, and PaDiM's and PatchCore's usual pair."""
 
+PATCHCORE_CORESET_RATIO = 0.01
+"""Share of the training patches every PatchCore here keeps in its memory bank (anomalib's default: 10%)."""
+
 RD_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
 """Stride 4, 8 and 16: the strides of the ResNet layer1-3 features Reverse Distillation was built on."""
 
@@ -142,7 +145,7 @@ def build_model(
             backbone=OFFLINE_BACKBONE,
             layers=LAYERS,
             pre_trained=False,
-            coreset_sampling_ratio=0.01,
+            coreset_sampling_ratio=PATCHCORE_CORESET_RATIO,
             pre_processor=pre_processor,
             evaluator=evaluator,
         )

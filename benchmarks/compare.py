@@ -34,6 +34,7 @@ written to ``results.csv``, ``results.md`` and ``results.png`` under ``--output`
 import argparse
 import csv
 import json
+import math
 import os
 import platform
 import resource
@@ -55,7 +56,6 @@ MODELS = (
     "reverse_distillation",
 )
 SUBSET_MODELS = ("patchcore_subset", "patchcore_full_bank")
-CORESET_RATIO = 0.01  # every PatchCore here: 1% of the training patches (baselines.build_model)
 COLUMNS = (
     "category",
     "model",
@@ -163,7 +163,15 @@ def fit_job(args: argparse.Namespace) -> dict:
         # The coreset of all training images (1 % of their patches) cannot be selected on this machine; a
         # coreset of the same size from the subset gives PatchCore's full-data memory bank, and with it the
         # full PatchCore's inference cost (a nearest-neighbour search over that many patches).
-        model.coreset_sampling_ratio = CORESET_RATIO * all_train_images / train_images
+        base_ratio = model.coreset_sampling_ratio
+        if base_ratio * all_train_images > train_images:
+            msg = (
+                f"patchcore_full_bank: a bank of {base_ratio:.0%} of all {all_train_images} training images' "
+                f"patches needs more than the {train_images}-image subset's patches; raise --patchcore-subset to "
+                f"at least {math.ceil(base_ratio * all_train_images)}."
+            )
+            raise ValueError(msg)
+        model.coreset_sampling_ratio = base_ratio * all_train_images / train_images
 
     run_dir = Path(args.job_dir) / "run"
     engine = Engine(default_root_dir=run_dir, logger=False, **trainer_budget(args.model, args, train_images))

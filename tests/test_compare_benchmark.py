@@ -3,10 +3,13 @@
 Kept jobs are reused, --retime times them again without refitting, and the test's peak memory is counted apart.
 """
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
+
+from anomalib_hlgfa.demo_data import make_demo_dataset
 
 from .conftest import load_script
 
@@ -92,34 +95,47 @@ def test_evaluator_memory_computes_hlgfa_test_metrics(monkeypatch: pytest.Monkey
     assert "bytes per pixel" in output
 
 
-@pytest.mark.parametrize("model", ["patchcore_subset", "patchcore_full_bank"])
-def test_patchcore_stand_ins_keep_the_memory_bank_their_names_promise(
-    model: str, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """On 4 of 8 training images: a 1 % coreset of the subset, or a bank as large as 1 % of all 8 images' patches."""
-    import argparse
-
-    compare = load_script("benchmarks/compare.py")
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))  # as a job process runs it
-    args = argparse.Namespace(
+def _fit_job_args(model: str, root: Path, job_dir: Path, subset: int) -> argparse.Namespace:
+    """The arguments ``compare.py`` hands a fit job, for a 64 px run of ``model`` on ``root``'s gravel category."""
+    return argparse.Namespace(
         model=model,
-        root=str(tiny_dataset),
+        root=str(root),
         category="gravel",
-        job_dir=str(tmp_path),
+        job_dir=str(job_dir),
         seed=0,
         image_size=64,
         batch_size=4,
         threads=1,
-        patchcore_subset=4,
+        patchcore_subset=subset,
         efficient_ad_assets=None,
         efficient_ad_steps=1,
         efficient_ad_teacher_channels=384,
         rd_epochs=1,
     )
-    result = compare.fit_job(args)
+
+
+@pytest.mark.parametrize("model", ["patchcore_subset", "patchcore_full_bank"])
+def test_patchcore_stand_ins_keep_the_memory_bank_their_names_promise(
+    model: str, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On 4 of 8 training images: a 1 % coreset of the subset, or a bank as large as 1 % of all 8 images' patches."""
+    compare = load_script("benchmarks/compare.py")
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))  # as a job process runs it
+    result = compare.fit_job(_fit_job_args(model, tiny_dataset, tmp_path, subset=4))
 
     patches_per_image = (64 // 8) ** 2  # lite0 blocks.2, stride 8: PatchCore's patch grid
     images_in_bank = 8 if model == "patchcore_full_bank" else 4
     assert result["train_images"] == 4
-    assert result["memory_bank"] == int(images_in_bank * patches_per_image * compare.CORESET_RATIO + 1e-9)
+    ratio = load_script("benchmarks/baselines.py").PATCHCORE_CORESET_RATIO
+    assert result["memory_bank"] == int(images_in_bank * patches_per_image * ratio + 1e-9)
     assert 0.0 <= result["image_AUROC"] <= 1.0
+
+
+def test_full_bank_refuses_a_subset_too_small_to_hold_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """1 % of 101 images' patches is more than 1 image has: the error names the smallest subset that works."""
+    root = make_demo_dataset(tmp_path / "data", category="gravel", num_train=101, num_test_good=1,
+                             num_test_per_defect=1, image_size=64)  # fmt: skip
+    compare = load_script("benchmarks/compare.py")
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    with pytest.raises(ValueError, match="raise --patchcore-subset to at least 2"):
+        compare.fit_job(_fit_job_args("patchcore_full_bank", root, tmp_path / "job", subset=1))
