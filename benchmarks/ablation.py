@@ -88,6 +88,12 @@ class Variant:
     misalignment: str = "cosine"
     score_reductions: tuple[str, ...] = ("max",)
     epochs: tuple[int, ...] = (10,)
+    # Side of a stride-1 average over each backbone level's neighbourhood, in both views, before anything
+    # else (PatchCore's "locally aware" patch features); 1: none, as Hlgfa does.
+    feature_window: int = 1
+    # Which views and levels ``feature_window`` averages (all levels when empty).
+    feature_window_views: tuple[str, ...] = ("high", "low")
+    feature_window_levels: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
 
 
@@ -142,6 +148,32 @@ VARIANTS = [
             score_reductions=SCORES,
         )
         for window in (2, 8, 16)
+    ),
+    *(
+        Variant(
+            f"Hlgfa defaults, feature window {window}",
+            layers=LEVELS,
+            misalignment="standardised_rms_cosine",
+            feature_window=window,
+            score_reductions=SCORES,
+        )
+        for window in (3, 5)
+    ),
+    *(
+        Variant(
+            f"Hlgfa defaults, feature window 3 {where}",
+            layers=LEVELS,
+            misalignment="standardised_rms_cosine",
+            feature_window=3,
+            feature_window_views=views,
+            feature_window_levels=levels,
+            score_reductions=SCORES,
+        )
+        for where, views, levels in (
+            ("on the low-resolution view only", ("low",), ()),
+            ("on the high-resolution view only", ("high",), ()),
+            ("at blocks.4 and blocks.6 only", ("high", "low"), ("blocks.4", "blocks.6")),
+        )
     ),
     *(
         replace(ENERGY_BASE, name=f"energy detail prior, {name}", **changes)
@@ -207,14 +239,28 @@ def cached_category(root: str, category: str, cache_dir: Path, size: tuple[int, 
     return data
 
 
-def feature_statistics(train_features: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def aggregate(features: torch.Tensor, window: int) -> torch.Tensor:
+    """Each position's features averaged over its ``window x window`` neighbourhood, same grid ``(B, C, h, w)``."""
+    if window == 1:
+        return features
+    return F.avg_pool2d(features, window, stride=1, padding=window // 2, count_include_pad=False)
+
+
+def feature_window(variant: Variant, view: str, level: str) -> int:
+    """The side of the variant's feature averaging for one view ("high" or "low") and level."""
+    levels = variant.feature_window_levels or variant.layers
+    return variant.feature_window if view in variant.feature_window_views and level in levels else 1
+
+
+def feature_statistics(train_features: dict, variant: Variant) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per level, the per-channel mean and standard deviation of the training images' high-resolution features.
 
-    Fitted by ``HlgfaModel``'s own ``FeatureStandardization``, as ``Hlgfa`` fits them at the start of training.
+    Fitted by ``HlgfaModel``'s own ``FeatureStandardization``, as ``Hlgfa`` fits them at the start of training;
+    of the features as the variant averages them (see ``aggregate``).
     """
     statistics = {}
     for level in ALL_LEVELS:
-        features = train_features[f"high/{level}"]
+        features = aggregate(train_features[f"high/{level}"], feature_window(variant, "high", level))
         standardization = FeatureStandardization(features.shape[1])
         standardization.fit(FeatureStandardization.moments(features))
         statistics[level] = (standardization.mean, standardization.std)
@@ -234,11 +280,12 @@ def head_inputs(
     """
     lows, highs = [], []
     for level in variant.layers:
-        high = features[f"high/{level}"][index]
+        high = aggregate(features[f"high/{level}"][index], feature_window(variant, "high", level))
         if variant.ablation == "single_resolution":
             low = high
         else:
             low = features[f"low{variant.downsample_factor}/{level}"][index]
+            low = aggregate(low, feature_window(variant, "low", level))
             low = F.interpolate(low, size=high.shape[-2:], mode="bilinear", align_corners=False)
         if variant.misalignment.startswith(("standardised", "centred")):
             mean, std = statistics[level]
@@ -343,7 +390,7 @@ def run_variant(data: dict, variant: Variant, seed: int, size: tuple[int, int]) 
         for c in channels
     )
     optimizer = torch.optim.AdamW(heads.parameters(), lr=1e-3, weight_decay=1e-4)
-    features_statistics = feature_statistics(train)
+    features_statistics = feature_statistics(train, variant)
     generator = torch.Generator().manual_seed(seed)
     num_train = len(data["train"]["labels"])
     results, start = {}, time.perf_counter()
