@@ -13,7 +13,8 @@ structure window, fusion of the levels, score reduction, epochs (tested after 5,
 one training), the image size (``--image-size``, one size per run; rows of other sizes than 256 are
 labelled with it), and the misalignment (Hlgfa's ``misalignment`` argument: ``"cosine"``, the default and
 every variant's unless named, ``"standardised_rms"`` or ``"standardised_rms_cosine"``; and three other
-comparisons).
+comparisons); and PatchCore's local averaging of the backbone features (``feature_window``), which
+``Hlgfa`` does not do.
 
 Usage::
 
@@ -406,7 +407,7 @@ def run_variant(data: dict, variant: Variant, seed: int, size: tuple[int, int]) 
             normalised = variant.fusion == "normalised_mean"
             statistics = level_statistics(heads, data["train"], variant, features_statistics) if normalised else None
             metrics = evaluate(heads, data["test"], variant, size, statistics, features_statistics)
-            results[epoch] = {"train_loss": float(loss), **metrics}
+            results[epoch] = {"train_loss": loss.item(), **metrics}
     results["train_s"] = time.perf_counter() - start
     return results
 
