@@ -89,7 +89,7 @@ class Variant:
     misalignment: str = "cosine"
     score_reductions: tuple[str, ...] = ("max",)
     epochs: tuple[int, ...] = (10,)
-    # Side of a stride-1 average over each backbone level's neighbourhood, in both views, before anything
+    # Side (odd) of a stride-1 average over each backbone level's neighbourhood, before anything
     # else (PatchCore's "locally aware" patch features); 1: none, as Hlgfa does.
     feature_window: int = 1
     # Which views and levels ``feature_window`` averages (all levels when empty).
@@ -242,6 +242,9 @@ def cached_category(root: str, category: str, cache_dir: Path, size: tuple[int, 
 
 def aggregate(features: torch.Tensor, window: int) -> torch.Tensor:
     """Each position's features averaged over its ``window x window`` neighbourhood, same grid ``(B, C, h, w)``."""
+    if window % 2 == 0:
+        msg = f"feature_window must be odd so that the grid keeps its size, got {window}; use 1 (none), 3 or 5."
+        raise ValueError(msg)
     if window == 1:
         return features
     return F.avg_pool2d(features, window, stride=1, padding=window // 2, count_include_pad=False)

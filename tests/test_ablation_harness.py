@@ -32,6 +32,8 @@ def test_aggregate_averages_each_neighbourhood_over_the_positions_that_exist() -
     # A corner position has 4 neighbours inside the grid: padding is not counted.
     assert averaged[0, 1, 0, 0] == pytest.approx(1.0)
     assert averaged[0, 1, 1, 1] == pytest.approx(4.0 / 9.0)
+    with pytest.raises(ValueError, match="must be odd"):
+        ablation.aggregate(features, 2)
 
 
 def test_feature_window_applies_only_to_the_named_views_and_levels() -> None:
