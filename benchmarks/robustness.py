@@ -43,6 +43,7 @@ import json
 import math
 import platform
 import shutil
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -188,8 +189,9 @@ def build_nuisance_split(root: Path, category: str, output: Path) -> dict[str, s
     record = target / "held_out.json"
     if record.exists():
         return json.loads(record.read_text())
-    partial = output / f".{category}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
+    # A private partial folder, so that two jobs started side by side do not write into each other's.
+    output.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{category}.", suffix=".partial", dir=output))
     (partial / "test" / "good").mkdir(parents=True)
     # Copies of the defective images and masks (anomalib refuses symlinks that leave the data root); the
     # training images are not needed: models train on the clean data set.
@@ -216,6 +218,9 @@ def build_nuisance_split(root: Path, category: str, output: Path) -> dict[str, s
         out.save(partial / "test" / "good" / f"{path.stem}.png")
         held_out[f"{path.stem}.png"] = family
     (partial / "held_out.json").write_text(json.dumps(held_out, indent=1))
+    if record.exists():  # a job beside this one finished first: its set is the same draws
+        shutil.rmtree(partial)
+        return json.loads(record.read_text())
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return held_out
