@@ -234,6 +234,7 @@ class AnomalyMapGenerator(nn.Module):
         predictions: list[torch.Tensor],
         targets: list[torch.Tensor],
         image_size: tuple[int, int] | torch.Size,
+        clean_predictions: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Compute the anomaly map and the map the image score is reduced from.
 
@@ -241,19 +242,34 @@ class AnomalyMapGenerator(nn.Module):
             predictions (list[torch.Tensor]): Per level, refined features ``(B, C_l, h_l, w_l)``.
             targets (list[torch.Tensor]): Per level, high-resolution features ``(B, C_l, h_l, w_l)``.
             image_size (tuple[int, int] | torch.Size): Input height and width ``(H, W)``.
+            clean_predictions (list[torch.Tensor] | None): Per level, the predictions of heads trained on
+                clean images, if the model has them: the anomaly map is then the per-pixel minimum of both
+                heads' maps, and the score map stays that of ``predictions``. Defaults to ``None``.
 
         Returns:
             tuple[torch.Tensor, torch.Tensor]: Anomaly map and score map, each ``(B, 1, H, W)``; the same
-            tensor unless the misalignment is ``"standardised_rms_cosine"``.
+            tensor unless the misalignment is ``"standardised_rms_cosine"`` or there are clean predictions.
         """
         pairs = list(zip(predictions, targets, strict=True))
         level_maps = [misalignment_map(p, t, self.misalignment) for p, t in pairs]
-        if self.misalignment != Misalignment.STANDARDISED_RMS_COSINE:
-            anomaly_map = self.fuse(level_maps, image_size)
-            return anomaly_map, anomaly_map
-        # The score's own map goes through the same upsampling and blur, as a second channel of one call.
-        both = [torch.cat([m, rms_cosine_map(p, t)], dim=1) for m, (p, t) in zip(level_maps, pairs, strict=True)]
-        anomaly_map, score_map = self.fuse(both, image_size).chunk(2, dim=1)
+        # Every map goes through the same upsampling and blur, as channels of one call.
+        if self.misalignment == Misalignment.STANDARDISED_RMS_COSINE:
+            level_maps = [
+                torch.cat([m, rms_cosine_map(p, t)], dim=1) for m, (p, t) in zip(level_maps, pairs, strict=True)
+            ]
+        if clean_predictions is not None:
+            clean_pairs = zip(clean_predictions, targets, strict=True)
+            level_maps = [
+                torch.cat([m, misalignment_map(p, t, self.misalignment)], dim=1)
+                for m, (p, t) in zip(level_maps, clean_pairs, strict=True)
+            ]
+        fused = self.fuse(level_maps, image_size)
+        anomaly_map = fused[:, :1]
+        score_map = fused[:, 1:2] if self.misalignment == Misalignment.STANDARDISED_RMS_COSINE else anomaly_map
+        if clean_predictions is not None:
+            # The pixel map flags only what both head sets find misaligned: the clean heads fit clean detail
+            # tightly, the nuisance-trained ones do not flag nuisances (docs/robustness.md).
+            anomaly_map = torch.minimum(anomaly_map, fused[:, -1:])
         return anomaly_map, score_map
 
     def fuse(self, level_maps: list[torch.Tensor], image_size: tuple[int, int] | torch.Size) -> torch.Tensor:

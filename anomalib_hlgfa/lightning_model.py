@@ -56,10 +56,12 @@ class AugmentTrainingBatches(Callback):
     """
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: "Hlgfa", batch: Batch, batch_idx: int) -> None:
-        """Replace the batch's images with augmented ones."""
+        """Replace the batch's images with augmented ones; with clean heads, the clean images, then augmented copies."""
         del trainer, batch_idx  # Unused
-        if pl_module.augmentation is not None:
-            batch.image = pl_module.augmentation(batch.image)
+        if pl_module.augmentation is None:
+            return
+        augmented = pl_module.augmentation(batch.image)
+        batch.image = augmented if pl_module.model.clean_heads is None else torch.cat([batch.image, augmented])
 
 
 # Arguments that define the network or its computation: a checkpoint only fits a model built with its values.
@@ -73,10 +75,11 @@ ARCHITECTURE_ARGUMENTS = (
     "detail_prior",
     "anomaly_map_sigma",
     "misalignment",
+    "clean_heads",
 )
 ARCHITECTURE_KEY = "hlgfa_architecture"
 # Architecture arguments added after checkpoints were first saved, with the value those checkpoints hold.
-VALUES_BEFORE_THE_ARGUMENT = {"detail_prior": DetailPrior.RESIDUE.value}
+VALUES_BEFORE_THE_ARGUMENT = {"detail_prior": DetailPrior.RESIDUE.value, "clean_heads": False}
 OBSOLETE_BLUR_KERNEL = "anomaly_map_generator.blur.kernel"  # saved by versions before the separable blur
 BACKBONE_STATE_PREFIX = "model.feature_extractor.feature_extractor."
 # The tiling a model was trained and validated with (set by anomalib's TilerConfigurationCallback).
@@ -137,6 +140,12 @@ class Hlgfa(AnomalibModule):
             fibres, stains, illumination, sensor noise, blur), applied to training batches only, never in
             validation, test or predict. ``None`` trains on the images as they are. Defaults to
             ``NuisanceConfig()``, the measured defaults.
+        clean_heads (bool): With augmentation, train a second set of heads on the clean images beside the
+            heads that learn the augmented ones; the anomaly map is the per-pixel minimum of both sets' maps
+            and the image score comes from the augmented heads. This keeps the localisation of a model
+            trained without nuisances and the robustness of one trained with them (``docs/robustness.md``),
+            for about twice the training time and twice the heads' share of inference. Without augmentation
+            there is one head set whatever this says. Defaults to ``True``.
         learning_rate (float): AdamW learning rate. Defaults to ``1e-3``.
         weight_decay (float): AdamW weight decay. Defaults to ``1e-4``.
         max_epochs (int | None): Training epochs; it sets the trainer's ``max_epochs``, and validation
@@ -172,6 +181,7 @@ class Hlgfa(AnomalibModule):
         topk_ratio: float = 0.01,
         misalignment: Misalignment | str = Misalignment.STANDARDISED_RMS_COSINE,
         augmentation: NuisanceConfig | None = NuisanceConfig(),  # noqa: B008 (frozen, so safe to share)
+        clean_heads: bool = True,
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-4,
         max_epochs: int | None = 10,
@@ -205,6 +215,7 @@ class Hlgfa(AnomalibModule):
             score_reduction=score_reduction,
             topk_ratio=topk_ratio,
             misalignment=misalignment,
+            clean_heads=clean_heads and augmentation is not None,
         )
         self.loss = AlignmentLoss(misalignment)
         self.augmentation = NuisanceAugmentation(augmentation) if augmentation is not None else None
@@ -250,8 +261,11 @@ class Hlgfa(AnomalibModule):
         )
 
     def configure_optimizers(self) -> optim.Optimizer:
-        """AdamW over the refinement heads: the backbone is frozen and gets no parameter updates."""
-        return optim.AdamW(self.model.heads.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        """AdamW over the refinement heads (both sets): the backbone is frozen and gets no parameter updates."""
+        parameters = [*self.model.heads.parameters()]
+        if self.model.clean_heads is not None:
+            parameters += self.model.clean_heads.parameters()
+        return optim.AdamW(parameters, lr=self.learning_rate, weight_decay=self.weight_decay)
 
     def on_train_start(self) -> None:
         """Refuse to train on nothing, or to leave the thresholds unfitted, before the first step.
@@ -313,18 +327,26 @@ class Hlgfa(AnomalibModule):
         """Align refined low-resolution features with high-resolution features of normal images.
 
         Args:
-            batch (Batch): Normal training images ``(B, 3, H, W)``.
+            batch (Batch): Normal training images ``(B, 3, H, W)``; with clean heads ``(2B, 3, H, W)``, the
+                clean images first (see :class:`AugmentTrainingBatches`).
             args: Unused.
             kwargs: Unused.
 
         Returns:
-            STEP_OUTPUT: The alignment loss.
+            STEP_OUTPUT: The alignment loss (with clean heads, the sum of both head sets' losses).
         """
         del args, kwargs  # These variables are not used.
-        loss = self.loss(*self.model(batch.image))
+        if self.model.clean_heads is None:
+            loss = self.loss(*self.model(batch.image))
+        else:
+            # AugmentTrainingBatches put the clean images first and their augmented copies after. Each head
+            # set has its own loss term, so the sum gives each the gradient it would have trained alone.
+            clean, augmented = batch.image.chunk(2)
+            loss = self.loss(*self.model(augmented)) + self.loss(*self.model(clean, clean=True))
         value = loss.item()
         self._stop_if_not_finite(value)
-        self.log("train_loss", value, on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
+        images = len(batch.image) // (1 if self.model.clean_heads is None else 2)
+        self.log("train_loss", value, on_epoch=True, prog_bar=True, logger=True, batch_size=images)
         return {"loss": loss}
 
     def _stop_if_not_finite(self, loss: float) -> None:
@@ -376,9 +398,14 @@ class Hlgfa(AnomalibModule):
         And the tiling, if any: it is not an argument but set by anomalib's ``TilerConfigurationCallback``.
         """
         super().on_save_checkpoint(checkpoint)
-        checkpoint[ARCHITECTURE_KEY] = {name: _plain(self.hparams[name]) for name in ARCHITECTURE_ARGUMENTS}
+        checkpoint[ARCHITECTURE_KEY] = self._architecture()
         # The thresholds were fitted on tiled maps: a reload (test, predict, export) must tile the same way.
         checkpoint[TILER_KEY] = tiler_settings(self.model.tiler)
+
+    def _architecture(self) -> dict[str, Any]:
+        """The architecture arguments as built (``clean_heads`` is ``False`` without augmentation)."""
+        architecture = {name: _plain(self.hparams[name]) for name in ARCHITECTURE_ARGUMENTS if name in self.hparams}
+        return architecture | {"clean_heads": self.model.clean_heads is not None}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the tiling the checkpoint was made with; refuse another architecture, naming what differs.
@@ -400,10 +427,15 @@ class Hlgfa(AnomalibModule):
             self.model.tiler = Tiler(**{**settings, "mode": ImageUpscaleMode(settings["mode"])})
         # Not the "hyper_parameters": load_from_checkpoint has already merged its keyword arguments into them.
         saved = {**VALUES_BEFORE_THE_ARGUMENT, **checkpoint.get(ARCHITECTURE_KEY, {})}
+        if ARCHITECTURE_KEY not in checkpoint or "clean_heads" not in checkpoint[ARCHITECTURE_KEY]:
+            # Before 0.7 there was one head set, whatever the augmentation; the default now adds clean heads.
+            self.model.clean_heads = None
+            self.hparams["clean_heads"] = False
+        architecture = self._architecture()
         differing = [
-            f"{name}: checkpoint {_plain(saved[name])!r}, this model {_plain(self.hparams[name])!r}"
+            f"{name}: checkpoint {_plain(saved[name])!r}, this model {architecture[name]!r}"
             for name in ARCHITECTURE_ARGUMENTS
-            if name in saved and name in self.hparams and _plain(saved[name]) != _plain(self.hparams[name])
+            if name in saved and name in architecture and _plain(saved[name]) != architecture[name]
         ]
         state, own = checkpoint.get("state_dict", {}), self.state_dict()
         # Checkpoints from before the separable blur stored its fixed 2-D kernel; the same Gaussian is rebuilt.

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 # Parameter names survive export as constant names. A convolution whose weights match stays FP32 with
 # every op that depends on it: the heads' output projections, or with ``quantize_heads=False`` every
 # head convolution (the previous release's scope).
-HEAD_PREFIX = "model.heads."
-FP32_ROOTS = re.compile(r"model\.heads\.\d+\.output_projection\.|model\.anomaly_map_generator\.")
+HEAD_PREFIX = re.compile(r"model\.(clean_)?heads\.")
+FP32_ROOTS = re.compile(r"model\.(clean_)?heads\.\d+\.output_projection\.|model\.anomaly_map_generator\.")
 
 
 def _weight_name(node: "ov.Node") -> str:
@@ -82,7 +82,7 @@ def fp32_scope(
         elif node.get_type_name() not in {"Parameter", "Constant"}:
             before_convolutions.add(name)
         weights = _weight_name(node) if is_convolution else ""
-        is_root = bool(FP32_ROOTS.match(weights)) or (not quantize_heads and weights.startswith(HEAD_PREFIX))
+        is_root = bool(FP32_ROOTS.match(weights)) or (not quantize_heads and bool(HEAD_PREFIX.match(weights)))
         if is_root or any(parent in ignored for parent in parents):
             ignored.add(name)
     if not ignored:

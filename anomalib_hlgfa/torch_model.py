@@ -319,6 +319,9 @@ class HlgfaModel(nn.Module):
             training) or ``"standardised_rms_cosine"`` (the same map; the image score from the geometric
             mean of that difference and the cosine distance, see ``AnomalyMapGenerator``). Defaults to
             ``"standardised_rms_cosine"``.
+        clean_heads (bool): Add a second set of heads, ``clean_heads``, to be trained on clean images while
+            ``heads`` learn images with nuisances: the anomaly map is then the per-pixel minimum of both sets'
+            maps, the image score that of ``heads`` (see :meth:`AnomalyMapGenerator.maps`). Defaults to ``False``.
     """
 
     def __init__(
@@ -335,6 +338,7 @@ class HlgfaModel(nn.Module):
         score_reduction: ScoreReduction | str = ScoreReduction.TOPK_MEAN,
         topk_ratio: float = 0.01,
         misalignment: Misalignment | str = Misalignment.STANDARDISED_RMS_COSINE,
+        clean_heads: bool = False,
     ) -> None:
         super().__init__()
         self.misalignment = Misalignment(misalignment)
@@ -354,10 +358,15 @@ class HlgfaModel(nn.Module):
         self.standardization = nn.ModuleList(
             FeatureStandardization(channels) for channels in (self.feature_extractor.out_dims if standardized else ())
         )
-        self.heads = nn.ModuleList(
-            RefinementHead(channels, hidden_channels, prior_channels, structure_window, detail_prior)
-            for channels in self.feature_extractor.out_dims
-        )
+
+        def head_set() -> nn.ModuleList:
+            return nn.ModuleList(
+                RefinementHead(channels, hidden_channels, prior_channels, structure_window, detail_prior)
+                for channels in self.feature_extractor.out_dims
+            )
+
+        self.heads = head_set()
+        self.clean_heads = head_set() if clean_heads else None
         self.anomaly_map_generator = AnomalyMapGenerator(
             sigma=anomaly_map_sigma,
             score_reduction=score_reduction,
@@ -376,9 +385,11 @@ class HlgfaModel(nn.Module):
         )
 
     def __setstate__(self, state: dict) -> None:
-        """Unpickle, also torch exports made before tiling support (release 0.5.0 and earlier)."""
+        """Unpickle, also torch exports made before tiling support (0.5.0 and earlier) or clean heads (0.6)."""
         super().__setstate__(state)
         self.__dict__.setdefault("tiler", None)
+        if "clean_heads" not in self._modules:  # exports made before release 0.7 have one head set
+            self.__dict__.setdefault("clean_heads", None)
 
     def check_input(self, images: torch.Tensor) -> None:
         """Raise a clear error for input the model cannot process, before any computation.
@@ -479,15 +490,16 @@ class HlgfaModel(nn.Module):
         for standardization, level_moments in zip(self.standardization, moments, strict=True):
             standardization.fit(level_moments)
 
-    def align(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Extract both views' features and predict the high-resolution ones from the low-resolution ones.
+    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Extract both views' features: the heads' inputs and targets.
 
         Args:
             images (torch.Tensor): Normalised images ``(B, 3, H, W)``.
 
         Returns:
-            tuple[list[torch.Tensor], list[torch.Tensor]]: Per level, the predictions and the
-            high-resolution features (standardised if the misalignment is), each ``(B, C_l, h_l, w_l)``.
+            tuple[list[torch.Tensor], list[torch.Tensor]]: Per level, the low-resolution features brought to the
+            high-resolution grid and the high-resolution features (both standardised if the misalignment is),
+            each ``(B, C_l, h_l, w_l)``.
         """
         images = images.contiguous(memory_format=torch.channels_last)  # matches the backbone's layout
         high = list(self.feature_extractor(images).values())
@@ -495,22 +507,49 @@ class HlgfaModel(nn.Module):
         if self.standardization:
             high = [standardize(features) for standardize, features in zip(self.standardization, high, strict=True)]
             low = [standardize(features) for standardize, features in zip(self.standardization, low, strict=True)]
-        predictions = []
-        for head, high_features, low_features in zip(self.heads, high, low, strict=True):
-            low_on_high_grid = F.interpolate(
-                low_features,
-                size=high_features.shape[-2:],
-                mode="bilinear",
-                align_corners=False,
-            )
-            predictions.append(head(low_on_high_grid, high_features))
-        return predictions, high
+        low = [
+            F.interpolate(low_features, size=high_features.shape[-2:], mode="bilinear", align_corners=False)
+            for low_features, high_features in zip(low, high, strict=True)
+        ]
+        return low, high
 
-    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
+    @staticmethod
+    def predict(heads: nn.ModuleList, low: list[torch.Tensor], high: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per level, one head set's prediction ``(B, C_l, h_l, w_l)`` of the high-resolution features."""
+        return [
+            head(low_features, high_features)
+            for head, low_features, high_features in zip(heads, low, high, strict=True)
+        ]
+
+    def align(
+        self,
+        images: torch.Tensor,
+        heads: nn.ModuleList | None = None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Extract both views' features and predict the high-resolution ones from the low-resolution ones.
+
+        Args:
+            images (torch.Tensor): Normalised images ``(B, 3, H, W)``.
+            heads (nn.ModuleList | None): The head set that predicts. Defaults to ``None``: ``heads``.
+
+        Returns:
+            tuple[list[torch.Tensor], list[torch.Tensor]]: Per level, the predictions and the
+            high-resolution features (standardised if the misalignment is), each ``(B, C_l, h_l, w_l)``.
+        """
+        low, high = self.features(images)
+        return self.predict(self.heads if heads is None else heads, low, high), high
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        clean: bool = False,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
         """Run the model.
 
         Args:
             images (torch.Tensor): Normalised images ``(B, 3, H, W)``.
+            clean (bool): In training mode, predict with ``clean_heads`` instead of ``heads`` (the images are
+                then the clean ones). Defaults to ``False``.
 
         Returns:
             In training mode, per-level predictions and targets for the loss. In eval mode an
@@ -520,17 +559,24 @@ class HlgfaModel(nn.Module):
 
         Raises:
             ValueError: If ``images`` is not ``(B, 3, H, W)``, or they or the tiles are smaller than
-                ``minimum_input_size``.
+                ``minimum_input_size``, or ``clean`` is set for a model without ``clean_heads``.
         """
         self.check_input(images)
         self.warn_if_unfitted()
+        if clean and self.clean_heads is None:
+            msg = "This HlgfaModel has no clean_heads to train: build it with clean_heads=True."
+            raise ValueError(msg)
         if self.tiler is not None:
             self.check_tile_size(self.tiler)
             images = self.tiler.tile(images)
-        predictions, targets = self.align(images)
         if self.training:
-            return predictions, targets
-        anomaly_map, score_map = self.anomaly_map_generator.maps(predictions, targets, images.shape[-2:])
+            return self.align(images, self.clean_heads if clean else self.heads)
+        low, high = self.features(images)
+        predictions = self.predict(self.heads, low, high)
+        clean_predictions = None if self.clean_heads is None else self.predict(self.clean_heads, low, high)
+        anomaly_map, score_map = self.anomaly_map_generator.maps(
+            predictions, high, images.shape[-2:], clean_predictions
+        )
         if self.tiler is not None:
             # Each tile's maps (smoothed within the tile) go back in place, overlaps averaged; then one score.
             anomaly_map, score_map = self.tiler.untile(anomaly_map), self.tiler.untile(score_map)

@@ -156,6 +156,40 @@ def test_only_training_batches_are_augmented(tiny_dataset: Path, tmp_path: Path)
     assert all(recorder.changed)
 
 
+def test_clean_heads_learn_the_clean_images_and_heads_the_augmented(tiny_dataset: Path, tmp_path: Path) -> None:
+    model = Hlgfa(**TINY, image_size=(64, 64), max_epochs=1, visualizer=False)
+    model.augmentation = RecordingAugmentation(model)
+    raw: list[tuple[torch.Tensor, torch.Tensor]] = []  # each training batch, before and after augmentation
+    augment, forward = model.augmentation.forward, model.model.forward
+
+    def recording_augment(images: torch.Tensor) -> torch.Tensor:
+        raw.append((images.clone(), augment(images)))
+        return raw[-1][1]
+
+    seen: dict[bool, list[torch.Tensor]] = {False: [], True: []}  # the model's input, by head set
+
+    def recording_forward(images: torch.Tensor, clean: bool = False) -> object:
+        seen[clean].append(images.clone())
+        return forward(images, clean)
+
+    model.augmentation.forward, model.model.forward = recording_augment, recording_forward
+    before = {name: p.clone() for name, p in model.model.named_parameters() if "heads" in name}
+    datamodule = MVTecAD(root=tiny_dataset, category="gravel", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False).fit(model=model, datamodule=datamodule)
+    transform = model.pre_processor.transform
+    assert len(raw) == 2  # 8 training images, batch 4
+    # Training steps came first; validation (eval mode) called forward too, always with the heads.
+    for (clean, augmented), clean_seen, heads_seen in zip(raw, seen[True], seen[False], strict=False):
+        torch.testing.assert_close(clean_seen, transform(clean))
+        torch.testing.assert_close(heads_seen, transform(augmented))
+        assert not torch.allclose(clean, augmented)
+    assert len(seen[True]) == 2
+    after = dict(model.model.named_parameters())
+    for prefix in ("heads.", "clean_heads."):
+        changed = [not torch.equal(p, after[name]) for name, p in before.items() if name.startswith(prefix)]
+        assert any(changed), f"{prefix} did not train"
+
+
 def test_default_model_augments_and_none_disables() -> None:
     assert Hlgfa(pre_trained=False).augmentation.config == NuisanceConfig()
     assert Hlgfa(pre_trained=False, augmentation=None).augmentation is None

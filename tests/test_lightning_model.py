@@ -47,8 +47,15 @@ def test_default_pre_processor_uses_the_backbone_normalisation() -> None:
 def test_optimizer_holds_exactly_the_refinement_heads() -> None:
     model = _tiny_hlgfa()
     optimised = {id(p) for group in model.configure_optimizers().param_groups for p in group["params"]}
-    assert optimised == {id(p) for p in model.model.heads.parameters()}
+    heads = [*model.model.heads.parameters(), *model.model.clean_heads.parameters()]
+    assert optimised == {id(p) for p in heads}
     assert not optimised & {id(p) for p in model.model.feature_extractor.parameters()}
+
+
+def test_clean_heads_come_with_augmentation_only() -> None:
+    assert _tiny_hlgfa().model.clean_heads is not None  # the default: augmentation and clean heads
+    assert _tiny_hlgfa(clean_heads=False).model.clean_heads is None
+    assert _tiny_hlgfa(augmentation=None).model.clean_heads is None  # nothing for a second set to learn
 
 
 def test_trainer_arguments_follow_max_epochs() -> None:
@@ -335,6 +342,36 @@ def test_checkpoint_from_before_the_detail_prior_argument_names_the_fix(
     assert Hlgfa.load_from_checkpoint(tmp_path / "old.ckpt").model.heads[0].priors.detail_prior == "residue"
     with pytest.raises(ValueError, match=r"detail_prior: checkpoint 'residue', this model 'energy'"):
         Hlgfa.load_from_checkpoint(tmp_path / "old.ckpt", detail_prior="energy")
+
+
+def test_checkpoint_from_before_clean_heads_loads_with_one_head_set(
+    trained: tuple[Hlgfa, Path, dict],
+    tmp_path: Path,
+) -> None:
+    """Before 0.7 a model had one head set, also with augmentation: it loads as it was and scores the same."""
+    model, checkpoint, _ = trained
+    content = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    for key in [key for key in content["state_dict"] if ".clean_heads." in key]:
+        del content["state_dict"][key]
+    del content["hyper_parameters"]["clean_heads"], content["hlgfa_architecture"]["clean_heads"]
+    torch.save(content, tmp_path / "old.ckpt")
+    old = Hlgfa.load_from_checkpoint(tmp_path / "old.ckpt").eval()
+    assert old.model.clean_heads is None
+    assert old.hparams["clean_heads"] is False
+    images = torch.rand(2, 3, 64, 64)
+    one_head_set = Hlgfa(**TINY, image_size=(64, 64), clean_heads=False).eval()
+    one_head_set.load_state_dict(old.state_dict())
+    expected, scored = one_head_set.model(images), old.model(images)
+    torch.testing.assert_close(scored.pred_score, expected.pred_score)
+    torch.testing.assert_close(scored.anomaly_map, expected.anomaly_map)
+    # The two-head-set model of the fixture scores otherwise: the clean heads take part in its map.
+    assert not torch.allclose(model.eval().model(images).anomaly_map, scored.anomaly_map)
+
+
+def test_checkpoint_with_clean_heads_refuses_a_model_without(trained: tuple[Hlgfa, Path, dict]) -> None:
+    _, checkpoint, _ = trained
+    with pytest.raises(ValueError, match=r"clean_heads: checkpoint True, this model False"):
+        Hlgfa.load_from_checkpoint(checkpoint, augmentation=None)
 
 
 def test_state_dict_of_another_configuration_is_refused_by_the_engine(

@@ -163,3 +163,33 @@ def test_loss_decreases_on_normal_images(tiny_model: HlgfaModel) -> None:
 def test_invalid_arguments_are_named(argument: str, value: float) -> None:
     with pytest.raises(ValueError, match=argument):
         HlgfaModel(**{**TINY, argument: value})
+
+
+def test_clean_heads_join_the_map_by_the_minimum_and_leave_the_score() -> None:
+    torch.manual_seed(0)
+    model = HlgfaModel(**TINY, clean_heads=True).eval()
+    images = torch.rand(2, 3, 64, 64)
+    output = model(images)
+    with torch.no_grad():
+        low, high = model.features(images)
+        generator = model.anomaly_map_generator
+        heads_map, heads_score_map = generator.maps(model.predict(model.heads, low, high), high, (64, 64))
+        clean_map, _ = generator.maps(model.predict(model.clean_heads, low, high), high, (64, 64))
+    torch.testing.assert_close(output.anomaly_map, torch.minimum(heads_map, clean_map))
+    torch.testing.assert_close(output.pred_score, generator.image_score(heads_score_map))
+    # Each head set gives the minimum somewhere: the map is not simply one of them.
+    assert (clean_map < heads_map).any()
+    assert (heads_map < clean_map).any()
+
+
+def test_training_mode_predicts_with_the_head_set_asked_for() -> None:
+    torch.manual_seed(0)
+    model = HlgfaModel(**TINY, clean_heads=True).train()
+    images = torch.rand(2, 3, 64, 64)
+    predictions, _ = model(images)
+    clean_predictions, _ = model(images, clean=True)
+    low, high = model.features(images)
+    torch.testing.assert_close(clean_predictions, model.predict(model.clean_heads, low, high))
+    torch.testing.assert_close(predictions, model.predict(model.heads, low, high))
+    with pytest.raises(ValueError, match="no clean_heads to train: build it with clean_heads=True"):
+        HlgfaModel(**TINY).train()(images, clean=True)
