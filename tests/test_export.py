@@ -203,15 +203,18 @@ def test_fp32_scope_holds_image_reading_convolutions_head_outputs_and_what_follo
     kept = set(fp32_scope(graph, quantize_heads=quantize_heads).names)
     convolutions = [op for op in graph.get_ordered_ops() if op.get_type_name() in {"Convolution", "GroupConvolution"}]
     kept_convolutions = [op for op in convolutions if op.get_friendly_name() in kept]
-    heads = len(model.model.heads)
+    levels = len(model.model.heads)
+    assert model.model.clean_heads is not None  # the default: both head sets are in the graph
+    heads = 2 * levels
     # Per head its output projection (with quantize_heads=False all 8 convolutions: structure and detail
     # projections, input projection, modulation, gate, 2 residual, output); plus the backbone's
     # image-reading convolution of each view. (The map's smoothing is matrix products, no convolution.)
     per_head = 1 if quantize_heads else 8
     assert len(kept_convolutions) == per_head * heads + 2
-    # Every matrix product is the anomaly map's upsampling and smoothing, downstream of the heads: FP32.
+    # Every matrix product is the anomaly map's upsampling and smoothing (per level, rows and columns, all
+    # maps as channels of one product), downstream of the heads: FP32.
     products = [op.get_friendly_name() for op in graph.get_ordered_ops() if op.get_type_name() == "MatMul"]
-    assert len(products) == 2 * heads
+    assert len(products) == 2 * levels
     assert set(products) <= kept
     reading_images = [op for op in convolutions if op.get_input_partial_shape(0)[1].get_length() == 3]
     assert len(reading_images) == 2
