@@ -9,6 +9,9 @@ of defective images; and quantiles of the map on normal images and on defect pix
 model's raw maps (before the post-processor's normalisation, which is monotonic and changes no
 AUROC), taken at every fourth pixel of the masks' resolution.
 
+For a model with clean heads (0.7's default) the map is the model's own, the minimum of both head sets';
+``--per-level`` and ``--residual-std`` use the augmented heads (``heads``) alone.
+
 ``--per-level`` also prints the pixel AUROC of each feature level's map alone (the root-mean-square
 difference of that level, upsampled, before the Gaussian smoothing).
 
@@ -83,14 +86,21 @@ def test_maps(
     levels, masks, labels = [], [], []
     for batch in datamodule.test_dataloader():
         images = model.pre_processor.transform(batch.image)
-        predictions, targets = model.model.align(images)
+        low, targets = model.model.features(images)
+        predictions = model.model.predict(model.model.heads, low, targets)
+        clean_heads = model.model.clean_heads
+        clean_predictions = None if clean_heads is None else model.model.predict(clean_heads, low, targets)
         size = batch.gt_mask.shape[-2:]
         for variant, scale in scales.items():
-            scaled_predictions, scaled_targets = predictions, targets
+            scaled_predictions, scaled_targets, scaled_clean = predictions, targets, clean_predictions
             if scale is not None:
                 scaled_predictions = [p / s for p, s in zip(predictions, scale, strict=True)]
                 scaled_targets = [t / s for t, s in zip(targets, scale, strict=True)]
-            anomaly_map, _ = model.model.anomaly_map_generator(scaled_predictions, scaled_targets, images.shape[-2:])
+                if clean_predictions is not None:
+                    scaled_clean = [p / s for p, s in zip(clean_predictions, scale, strict=True)]
+            anomaly_map, _ = model.model.anomaly_map_generator.maps(
+                scaled_predictions, scaled_targets, images.shape[-2:], scaled_clean
+            )
             maps[variant].append(F.interpolate(anomaly_map, size=size, mode="bilinear")[:, 0, ::STRIDE, ::STRIDE])
         level_maps = [
             misalignment_map(p, t, Misalignment.STANDARDISED_RMS) for p, t in zip(predictions, targets, strict=True)
