@@ -56,12 +56,24 @@ class AugmentTrainingBatches(Callback):
     """
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: "Hlgfa", batch: Batch, batch_idx: int) -> None:
-        """Replace the batch's images with augmented ones; with clean heads, the clean images, then augmented copies."""
+        """Augment the batch's images; with clean heads only the second part (``clean_part`` leaves the first)."""
         del trainer, batch_idx  # Unused
         if pl_module.augmentation is None:
             return
-        augmented = pl_module.augmentation(batch.image)
-        batch.image = augmented if pl_module.model.clean_heads is None else torch.cat([batch.image, augmented])
+        if pl_module.model.clean_heads is None:
+            batch.image = pl_module.augmentation(batch.image)
+            return
+        clean = clean_part(len(batch.image))
+        batch.image = torch.cat([batch.image[:clean], pl_module.augmentation(batch.image[clean:])])
+
+
+def clean_part(batch_size: int) -> int:
+    """How many images of a training batch stay clean for the clean heads: the first half, rounded down.
+
+    Each head set learns from half of every batch, so training costs what one head set on whole batches costs
+    (the backbone sees each image once) and, over the epochs, each set sees every image about half the time.
+    """
+    return batch_size // 2
 
 
 # Arguments that define the network or its computation: a checkpoint only fits a model built with its values.
@@ -144,9 +156,9 @@ class Hlgfa(AnomalibModule):
             heads that learn the augmented ones; the anomaly map is the per-pixel minimum of both sets' maps
             and the image score comes from the augmented heads. This keeps the localisation of a model
             trained without nuisances and the robustness of one trained with them (``docs/robustness.md``),
-            for longer training (the backbone sees each training image twice: 1.35-1.7 times as long in
-            ``docs/robustness.md``) and twice the heads' share of inference. Without augmentation there is one
-            head set whatever this says. Defaults to ``True``.
+            at twice the heads' share of inference. Each set learns from half of every training batch (the
+            first half clean, the second augmented), so training costs what one set costs. Without
+            augmentation there is one head set whatever this says. Defaults to ``True``.
         learning_rate (float): AdamW learning rate. Defaults to ``1e-3``.
         weight_decay (float): AdamW weight decay. Defaults to ``1e-4``.
         max_epochs (int | None): Training epochs; it sets the trainer's ``max_epochs``, and validation
@@ -328,8 +340,8 @@ class Hlgfa(AnomalibModule):
         """Align refined low-resolution features with high-resolution features of normal images.
 
         Args:
-            batch (Batch): Normal training images ``(B, 3, H, W)``; with clean heads ``(2B, 3, H, W)``, the
-                clean images first (see :class:`AugmentTrainingBatches`).
+            batch (Batch): Normal training images ``(B, 3, H, W)``; with clean heads the first ``clean_part(B)``
+                are clean, the rest augmented (see :class:`AugmentTrainingBatches`).
             args: Unused.
             kwargs: Unused.
 
@@ -340,14 +352,15 @@ class Hlgfa(AnomalibModule):
         if self.model.clean_heads is None:
             loss = self.loss(*self.model(batch.image))
         else:
-            # AugmentTrainingBatches put the clean images first and their augmented copies after. Each head
-            # set has its own loss term, so the sum gives each the gradient it would have trained alone.
-            clean, augmented = batch.image.chunk(2)
-            loss = self.loss(*self.model(augmented)) + self.loss(*self.model(clean, clean=True))
+            # AugmentTrainingBatches left the first part of the batch clean and augmented the rest. Each head
+            # set has its own loss term, so the sum gives each the gradient it would have had alone.
+            clean = clean_part(len(batch.image))
+            loss = self.loss(*self.model(batch.image[clean:]))
+            if clean > 0:  # a last batch of one image has no clean part
+                loss = loss + self.loss(*self.model(batch.image[:clean], clean=True))
         value = loss.item()
         self._stop_if_not_finite(value)
-        images = len(batch.image) // (1 if self.model.clean_heads is None else 2)
-        self.log("train_loss", value, on_epoch=True, prog_bar=True, logger=True, batch_size=images)
+        self.log("train_loss", value, on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
         return {"loss": loss}
 
     def _stop_if_not_finite(self, loss: float) -> None:
