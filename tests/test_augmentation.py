@@ -8,6 +8,7 @@ import pytest
 import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
+from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import RunningStage
 
 from anomalib_hlgfa import Hlgfa
@@ -156,10 +157,10 @@ def test_only_training_batches_are_augmented(tiny_dataset: Path, tmp_path: Path)
     assert all(recorder.changed)
 
 
-def test_clean_heads_learn_the_clean_images_and_heads_the_augmented(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_clean_heads_learn_the_clean_half_and_heads_the_augmented_half(tiny_dataset: Path, tmp_path: Path) -> None:
     model = Hlgfa(**TINY, image_size=(64, 64), max_epochs=1, visualizer=False)
     model.augmentation = RecordingAugmentation(model)
-    raw: list[tuple[torch.Tensor, torch.Tensor]] = []  # each training batch, before and after augmentation
+    raw: list[tuple[torch.Tensor, torch.Tensor]] = []  # what the augmentation got and gave, per training batch
     augment, forward = model.augmentation.forward, model.model.forward
 
     def recording_augment(images: torch.Tensor) -> torch.Tensor:
@@ -172,18 +173,28 @@ def test_clean_heads_learn_the_clean_images_and_heads_the_augmented(tiny_dataset
         seen[clean].append(images.clone())
         return forward(images, clean)
 
+    recorded_batches: list[torch.Tensor] = []
+
+    class RecordBatches(Callback):
+        def on_train_batch_start(self, trainer: object, pl_module: object, batch: object, batch_idx: int) -> None:
+            recorded_batches.append(batch.image.clone())  # runs before the model's callbacks: the raw batch
+
     model.augmentation.forward, model.model.forward = recording_augment, recording_forward
     before = {name: p.clone() for name, p in model.model.named_parameters() if "heads" in name}
     datamodule = MVTecAD(root=tiny_dataset, category="gravel", train_batch_size=4, eval_batch_size=4, num_workers=0)
-    Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False).fit(model=model, datamodule=datamodule)
+    engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, callbacks=[RecordBatches()])
+    engine.fit(model=model, datamodule=datamodule)
     transform = model.pre_processor.transform
-    assert len(raw) == 2  # 8 training images, batch 4
+    assert len(raw) == len(recorded_batches) == 2  # 8 training images, batch 4
+    assert len(seen[True]) == 2  # one clean-heads call per training step; validation uses the model's forward
     # Training steps came first; validation (eval mode) called forward too, always with the heads.
-    for (clean, augmented), clean_seen, heads_seen in zip(raw, seen[True], seen[False], strict=False):
-        torch.testing.assert_close(clean_seen, transform(clean))
+    for batch, (to_augment, augmented), clean_seen, heads_seen in zip(
+        recorded_batches, raw, seen[True], seen[False], strict=False
+    ):
+        torch.testing.assert_close(to_augment, batch[2:])  # the second half is augmented ...
+        torch.testing.assert_close(clean_seen, transform(batch[:2]))  # ... the first half stays clean
         torch.testing.assert_close(heads_seen, transform(augmented))
-        assert not torch.allclose(clean, augmented)
-    assert len(seen[True]) == 2
+        assert not torch.allclose(to_augment, augmented)
     after = dict(model.model.named_parameters())
     for prefix in ("heads.", "clean_heads."):
         changed = [not torch.equal(p, after[name]) for name, p in before.items() if name.startswith(prefix)]
