@@ -13,6 +13,7 @@ from anomalib.models import get_model
 
 from anomalib_hlgfa import Hlgfa
 from anomalib_hlgfa.backbone import create_feature_extractor
+from anomalib_hlgfa.lightning_model import clean_part
 
 from .conftest import TINY
 from .test_cli import ANOMALIB
@@ -50,6 +51,17 @@ def test_optimizer_holds_exactly_the_refinement_heads() -> None:
     heads = [*model.model.heads.parameters(), *model.model.clean_heads.parameters()]
     assert optimised == {id(p) for p in heads}
     assert not optimised & {id(p) for p in model.model.feature_extractor.parameters()}
+
+
+def test_clean_part_is_a_quarter_of_the_batch_and_at_least_one_image() -> None:
+    assert [clean_part(n) for n in (1, 2, 3, 4, 7, 8, 32, 33)] == [0, 1, 1, 1, 1, 2, 8, 8]
+
+
+def test_clean_heads_refuse_a_training_batch_size_of_one(tiny_dataset: Path, tmp_path: Path) -> None:
+    datamodule = MVTecAD(root=tiny_dataset, category="gravel", train_batch_size=1, eval_batch_size=4, num_workers=0)
+    engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match=r"at least 2 images; the training batch size is 1.*clean_heads=False"):
+        engine.fit(model=_tiny_hlgfa(max_epochs=1), datamodule=datamodule)
 
 
 def test_clean_heads_come_with_augmentation_only() -> None:
