@@ -327,19 +327,24 @@ def test_checkpoint_with_another_configuration_is_refused(
         Hlgfa.load_from_checkpoint(checkpoint, **override)
 
 
+def _checkpoint_before(checkpoint: Path, tmp_path: Path, argument: str, state_marker: str | None = None) -> Path:
+    """The checkpoint as a release before ``argument`` saved it: without it, and without the tensors it added."""
+    content = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    for key in [key for key in content["state_dict"] if state_marker is not None and state_marker in key]:
+        del content["state_dict"][key]
+    del content["hyper_parameters"][argument], content["hlgfa_architecture"][argument]
+    torch.save(content, tmp_path / "old.ckpt")
+    return tmp_path / "old.ckpt"
+
+
 def test_checkpoint_from_before_the_misalignment_argument_names_the_fix(
     trained: tuple[Hlgfa, Path, dict],
     tmp_path: Path,
 ) -> None:
     """0.1 saved no misalignment and no statistics: a cosine model, which the default (standardised) is not."""
-    _, checkpoint, _ = trained
-    content = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    for key in [key for key in content["state_dict"] if ".standardization." in key]:
-        del content["state_dict"][key]
-    del content["hyper_parameters"]["misalignment"], content["hlgfa_architecture"]["misalignment"]
-    torch.save(content, tmp_path / "old.ckpt")
+    old = _checkpoint_before(trained[1], tmp_path, "misalignment", ".standardization.")
     with pytest.raises(ValueError, match=r"predates it \(cosine\); pass misalignment='cosine'"):
-        Hlgfa.load_from_checkpoint(tmp_path / "old.ckpt")
+        Hlgfa.load_from_checkpoint(old)
 
 
 def test_checkpoint_from_before_the_detail_prior_argument_names_the_fix(
@@ -347,13 +352,10 @@ def test_checkpoint_from_before_the_detail_prior_argument_names_the_fix(
     tmp_path: Path,
 ) -> None:
     """Before 0.4 the detail prior was the residue: such a checkpoint loads as it is, not as an energy model."""
-    _, checkpoint, _ = trained
-    content = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    del content["hyper_parameters"]["detail_prior"], content["hlgfa_architecture"]["detail_prior"]
-    torch.save(content, tmp_path / "old.ckpt")
-    assert Hlgfa.load_from_checkpoint(tmp_path / "old.ckpt").model.heads[0].priors.detail_prior == "residue"
+    old = _checkpoint_before(trained[1], tmp_path, "detail_prior")
+    assert Hlgfa.load_from_checkpoint(old).model.heads[0].priors.detail_prior == "residue"
     with pytest.raises(ValueError, match=r"detail_prior: checkpoint 'residue', this model 'energy'"):
-        Hlgfa.load_from_checkpoint(tmp_path / "old.ckpt", detail_prior="energy")
+        Hlgfa.load_from_checkpoint(old, detail_prior="energy")
 
 
 def test_checkpoint_from_before_clean_heads_loads_with_one_head_set(
@@ -361,13 +363,8 @@ def test_checkpoint_from_before_clean_heads_loads_with_one_head_set(
     tmp_path: Path,
 ) -> None:
     """Before 0.7 a model had one head set, also with augmentation: it loads as it was and scores the same."""
-    model, checkpoint, _ = trained
-    content = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    for key in [key for key in content["state_dict"] if ".clean_heads." in key]:
-        del content["state_dict"][key]
-    del content["hyper_parameters"]["clean_heads"], content["hlgfa_architecture"]["clean_heads"]
-    torch.save(content, tmp_path / "old.ckpt")
-    old = Hlgfa.load_from_checkpoint(tmp_path / "old.ckpt").eval()
+    model = trained[0]
+    old = Hlgfa.load_from_checkpoint(_checkpoint_before(trained[1], tmp_path, "clean_heads", ".clean_heads.")).eval()
     assert old.model.clean_heads is None
     assert old.hparams["clean_heads"] is False
     images = torch.rand(2, 3, 64, 64)
