@@ -11,8 +11,10 @@ normal images flagged at the post-processor's image threshold (false-positive ra
 operating point (the threshold that flags 5 % of the clean normals), the share of nuisance normals
 flagged and the share of clean defective images caught.
 
-Models: ``hlgfa`` (with its default noise-aware augmentation), ``hlgfa_no_augmentation`` and
-``patchcore_subset`` (PatchCore on the same lite0 backbone, as in ``compare.py``); on request the earlier
+Models: ``hlgfa`` (with its default noise-aware augmentation and, since 0.7, clean heads),
+``hlgfa_no_augmentation`` and ``patchcore_subset`` (PatchCore on the same lite0 backbone, as in
+``compare.py``); on request ``hlgfa_one_head_set`` (the default augmentation without clean heads: release
+0.6's default), and, all with one head set as they were measured, the earlier
 defaults, ``hlgfa_mild_augmentation`` (the first) and ``hlgfa_previous_default_augmentation`` (the
 second), and other candidates: ``hlgfa_heavy_augmentation``, ``hlgfa_fibre_augmentation``,
 ``hlgfa_light_blur_augmentation``, ``hlgfa_light_noise_augmentation``, ``hlgfa_half_clean_augmentation``
@@ -63,6 +65,7 @@ MODELS = (
     "hlgfa",
     "hlgfa_no_augmentation",
     "patchcore_subset",
+    "hlgfa_one_head_set",
     "hlgfa_mild_augmentation",
     "hlgfa_heavy_augmentation",
     "hlgfa_fibre_augmentation",
@@ -237,6 +240,7 @@ def build(name: str, image_size: tuple[int, int], hlgfa_arguments: dict, seed: i
 
     augmentation = {
         "hlgfa": {"augmentation": dataclasses.replace(NuisanceConfig(), seed=seed)},
+        "hlgfa_one_head_set": {"augmentation": dataclasses.replace(NuisanceConfig(), seed=seed)},
         "hlgfa_no_augmentation": {"augmentation": None},
         "hlgfa_mild_augmentation": {"augmentation": dataclasses.replace(MILD_AUGMENTATION, seed=seed)},
         "hlgfa_heavy_augmentation": {"augmentation": dataclasses.replace(HEAVY_AUGMENTATION, seed=seed)},
@@ -256,7 +260,9 @@ def build(name: str, image_size: tuple[int, int], hlgfa_arguments: dict, seed: i
         },
     }
     if name in augmentation:
-        return Hlgfa(image_size=image_size, **hlgfa_arguments, **augmentation[name])
+        # The candidates were measured with one head set, before 0.7's clean heads: they keep it.
+        one_head_set = name not in {"hlgfa", "hlgfa_no_augmentation"}
+        return Hlgfa(image_size=image_size, clean_heads=not one_head_set, **hlgfa_arguments, **augmentation[name])
     return build_model(name, image_size)
 
 
