@@ -261,8 +261,8 @@ def build(name: str, image_size: tuple[int, int], hlgfa_arguments: dict, seed: i
     }
     if name in augmentation:
         # The candidates were measured with one head set, before 0.7's clean heads: they keep it.
-        one_head_set = name not in {"hlgfa", "hlgfa_no_augmentation"}
-        return Hlgfa(image_size=image_size, clean_heads=not one_head_set, **hlgfa_arguments, **augmentation[name])
+        clean_heads = name in {"hlgfa", "hlgfa_no_augmentation"}
+        return Hlgfa(image_size=image_size, clean_heads=clean_heads, **hlgfa_arguments, **augmentation[name])
     return build_model(name, image_size)
 
 
