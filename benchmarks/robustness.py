@@ -13,13 +13,14 @@ flagged and the share of clean defective images caught.
 
 Models: ``hlgfa`` (with its default noise-aware augmentation and, since 0.7, clean heads),
 ``hlgfa_no_augmentation`` and ``patchcore_subset`` (PatchCore on the same lite0 backbone, as in
-``compare.py``); on request ``hlgfa_one_head_set`` (the default augmentation without clean heads: release
-0.6's default), and, all with one head set as they were measured, the earlier
-defaults, ``hlgfa_mild_augmentation`` (the first) and ``hlgfa_previous_default_augmentation`` (the
-second), and other candidates: ``hlgfa_heavy_augmentation``, ``hlgfa_fibre_augmentation``,
-``hlgfa_light_blur_augmentation``, ``hlgfa_light_noise_augmentation``, ``hlgfa_half_clean_augmentation``
-(``*_AUGMENTATION`` in the script), the default without one family, ``hlgfa_without_FAMILY_augmentation``, and
-the default with a clean last epoch, ``hlgfa_clean_last_epoch_augmentation`` (``CleanLastEpoch``).
+``compare.py``); on request ``padim`` (PaDiM on the same backbone, as in ``compare.py``),
+``hlgfa_one_head_set`` (the default augmentation without clean heads: release 0.6's default), and, all with
+one head set as they were measured, the earlier defaults, ``hlgfa_mild_augmentation`` (the first) and
+``hlgfa_previous_default_augmentation`` (the second), and other candidates: ``hlgfa_heavy_augmentation``,
+``hlgfa_fibre_augmentation``, ``hlgfa_light_blur_augmentation``, ``hlgfa_light_noise_augmentation``,
+``hlgfa_half_clean_augmentation`` (``*_AUGMENTATION`` in the script), the default without one family,
+``hlgfa_without_FAMILY_augmentation``, and the default with a clean last epoch,
+``hlgfa_clean_last_epoch_augmentation`` (``CleanLastEpoch``).
 
 Usage::
 
@@ -65,6 +66,7 @@ MODELS = (
     "hlgfa",
     "hlgfa_no_augmentation",
     "patchcore_subset",
+    "padim",
     "hlgfa_one_head_set",
     "hlgfa_mild_augmentation",
     "hlgfa_heavy_augmentation",
