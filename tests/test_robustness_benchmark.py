@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from anomalib.data import MVTecAD
 from PIL import Image
@@ -97,3 +98,15 @@ def test_global_detail_candidate_starts_as_the_model_and_learns(tiny_model: Hlgf
     sum((p - t).pow(2).mean() for p, t in zip(predictions, targets, strict=True)).backward()
     for head in tiny_model.heads:
         assert head.global_modulation.weight.grad.abs().sum() > 0
+
+
+def test_padim_runs_on_the_same_offline_backbone_as_hlgfa(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--models padim`` compares against PaDiM on HLGFA's ImageNet lite0 weights, loaded offline."""
+    from anomalib.models import Padim
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))  # as a job process runs it
+    padim = _robustness().build("padim", (64, 64), {})
+    assert isinstance(padim, Padim)
+    padim_stem = padim.model.feature_extractor.feature_extractor.conv_stem.weight
+    hlgfa_stem = HlgfaModel().feature_extractor.feature_extractor.conv_stem.weight
+    assert torch.equal(padim_stem, hlgfa_stem)
